@@ -1,0 +1,224 @@
+"""The HTTP API: a FastAPI ingress on Ray Serve. Validates, answers at once, reads state from the state actor."""
+
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.autoscaler.sdk import request_resources
+from ray.serve.deployment import Application
+
+from prewarm import __version__
+from prewarm.cluster import FETCHER_RESOURCE, alive_node_count
+from prewarm.coordinator import kill_coordinator, start_job
+from prewarm.models import (
+    ErrorResponse,
+    InstancesQueryResponse,
+    InstancesRequest,
+    InstancesResponse,
+    PrewarmRequest,
+    PrewarmResponse,
+    ProgressResponse,
+    RequestError,
+    SummaryResponse,
+    check_req_id,
+    fmt_time,
+    request_error,
+    utcnow,
+)
+from prewarm.resolve import Resolver, find_distribution
+from prewarm.settings import Settings
+from prewarm.state import get_state_actor
+
+STATE_CALL_TIMEOUT_S = 30.0
+
+api = FastAPI(
+    title="cdn-prewarm",
+    version=__version__,
+    description="Warm CDN edge caches (POPs) before traffic arrives. See shared/spec/prewarm-api.md.",
+)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad input; error_message names the field."},
+    404: {"model": ErrorResponse, "description": "Unknown req_id."},
+}
+
+
+def _error(status_code: int, message: str, error_urls: list[str] | None = None) -> JSONResponse:
+    body = ErrorResponse(status="Failed", error_message=message, error_urls=error_urls or [],
+                         timestamp=fmt_time(utcnow()))
+    return JSONResponse(body.model_dump(), status_code=status_code)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status_code, exc.message, exc.error_urls)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(400, _describe_validation(exc))
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
+        parts.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # The state actor being unreachable is the only expected cause: a retryable 503, never a bare 500.
+    return _error(503, f"service temporarily unavailable: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _json_schema(model: type) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body is larger than {limit} bytes (PREWARM_MAX_BODY_BYTES)", status_code=413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise RequestError(f"request body is larger than {limit} bytes (PREWARM_MAX_BODY_BYTES)",
+                               status_code=413)
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
+
+
+def validate_prewarm(raw: Any, settings: Settings) -> PrewarmRequest:
+    """Validate a POST /prewarm body, including the limits that are settings."""
+    if not isinstance(raw, dict):
+        raise RequestError("request body must be a JSON object")
+    try:
+        req = PrewarmRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise request_error(exc) from None
+    if len(req.url_list) > settings.max_urls:
+        raise RequestError(f"field 'url_list' has {len(req.url_list)} URLs; at most {settings.max_urls} "
+                           "per request (PREWARM_MAX_URLS)")
+    too_long = [u for u in req.url_list if len(u) > settings.max_url_length]
+    if too_long:
+        raise RequestError(f"field 'url_list': {len(too_long)} URL(s) longer than {settings.max_url_length} "
+                           "characters (PREWARM_MAX_URL_LENGTH)", error_urls=too_long)
+    return req
+
+
+@serve.deployment(name="prewarm-api", ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class PrewarmIngress:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = get_state_actor(settings.namespace)
+        self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)
+
+    async def _state(self, method: str, *args: Any) -> Any:
+        ref = getattr(self.state, method).remote(*args)
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), STATE_CALL_TIMEOUT_S)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @api.post("/prewarm", response_model=PrewarmResponse, responses=_ERRORS,
+              openapi_extra=_json_schema(PrewarmRequest))
+    async def prewarm(self, request: Request) -> PrewarmResponse:
+        """Accept a prewarm job and answer at once; the work runs on the cluster."""
+        req = validate_prewarm(await _json_body(request, self.settings.max_body_bytes), self.settings)
+        try:
+            cf_domain = await find_distribution(self.resolver, req.cf_domain, req.url_list)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        req_id = str(uuid.uuid4())
+        now = utcnow()
+        timeout_at = req.deadline(now)
+        await self._state("create_job", req_id, req.url_list, req.target_pops(), cf_domain, now, timeout_at)
+        start_job(req_id, req, cf_domain, time.time() + req.timeout * 60, self.settings)
+        return PrewarmResponse(status="Success", request_id=req_id, timestamp=fmt_time(now),
+                               timeout_at=fmt_time(timeout_at))
+
+    @api.get("/prewarm", response_model=ProgressResponse, responses=_ERRORS)
+    async def progress(self, req_id: str | None = None) -> ProgressResponse:
+        body = await self._state("progress", check_req_id(req_id))
+        if body is None:
+            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+        return ProgressResponse(**body)
+
+    @api.get("/summary", response_model=SummaryResponse, responses=_ERRORS)
+    async def summary(self, request: Request, req_id: str | None = None) -> SummaryResponse:
+        req_id = check_req_id(req_id)
+        body = await self._state("summary", req_id)
+        if body is None:
+            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+        report = f"{str(request.base_url).rstrip('/')}/reports/{req_id}.csv"
+        return SummaryResponse(**body, failure_pop_urls_report=report)
+
+    @api.get("/reports/{name}", responses={200: {"content": {"text/csv": {}}}, **_ERRORS})
+    async def report(self, name: str) -> Response:
+        """The failure report: one row per failed (URL, POP), with a header row."""
+        req_id = check_req_id(name.removesuffix(".csv"))
+        csv = await self._state("report", req_id)
+        if csv is None:
+            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+        return Response(csv, media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{req_id}.csv"'})
+
+    @api.post("/instances", response_model=InstancesResponse, responses=_ERRORS,
+              openapi_extra=_json_schema(InstancesRequest))
+    async def set_instances(self, request: Request, req_id: str | None = None) -> InstancesResponse:
+        raw = await _json_body(request, 64 * 1024)
+        if not isinstance(raw, dict):
+            raise RequestError("request body must be a JSON object")
+        if req_id is not None and "req_id" not in raw:
+            raw = {**raw, "req_id": req_id}
+        try:
+            body = InstancesRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise request_error(exc) from None
+        messages = []
+        if body.force_stop and body.req_id:
+            if not await self._state("exists", body.req_id):
+                raise RequestError(f"field 'req_id': no job {body.req_id}", status_code=404)
+            status = await self._state("finish", body.req_id, "STOPPED", "stopped by force_stop")
+            await asyncio.to_thread(kill_coordinator, body.req_id, self.settings.namespace)
+            messages.append(f"job {body.req_id} is {status}")
+        if body.DesiredCapacity is not None:
+            await self._state("set_desired_capacity", body.DesiredCapacity)
+            await asyncio.to_thread(
+                request_resources, bundles=[{FETCHER_RESOURCE: 1}] * body.DesiredCapacity
+            )
+            messages.append(f"desired capacity set to {body.DesiredCapacity} fetcher node(s)")
+        return InstancesResponse(status="success", timestamp=fmt_time(utcnow()), message="; ".join(messages))
+
+    @api.get("/instances", response_model=InstancesQueryResponse)
+    async def get_instances(self) -> InstancesQueryResponse:
+        desired = await self._state("get_desired_capacity")
+        alive = await asyncio.to_thread(alive_node_count)
+        return InstancesQueryResponse(status="success", timestamp=fmt_time(utcnow()), message="query success",
+                                      desiredcapacity=desired, alive_count=alive)
+
+
+def build_app(settings: Settings | None = None) -> Application:
+    """The Serve application; settings are read here, in the driver, and handed to every actor."""
+    return PrewarmIngress.bind(settings or Settings.from_env())
+

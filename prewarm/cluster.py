@@ -1,0 +1,43 @@
+"""Placement: which nodes run a request's fetchers, and how many fetchers each node gets."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+FETCHER_RESOURCE = "prewarm_fetcher"
+"""Custom resource that marks fetcher nodes in cluster.yaml; when no node has it, every node is used."""
+
+
+@dataclass(frozen=True)
+class NodeSlot:
+    node_id: str
+    fetchers: int
+
+
+def choose_nodes(nodes: list[dict[str, Any]], instance_count: int, fetchers_per_node: int,
+                 salt: str = "") -> list[NodeSlot]:
+    """Pick up to ``instance_count`` distinct alive nodes, fetcher-marked ones only when any exist.
+
+    The starting node rotates with ``salt`` (the request id) so concurrent jobs spread over the cluster.
+    Each node gets ``fetchers_per_node`` fetchers, or as many as it has CPUs when that is 0.
+    """
+    alive = [n for n in nodes if n.get("Alive")]
+    marked = [n for n in alive if n.get("Resources", {}).get(FETCHER_RESOURCE, 0) > 0]
+    eligible = sorted(marked or alive, key=lambda n: n["NodeID"])
+    if not eligible:
+        return []
+    start = zlib.crc32(salt.encode()) % len(eligible)
+    ordered = eligible[start:] + eligible[:start]
+    slots = []
+    for node in ordered[: max(1, instance_count)]:
+        per_node = fetchers_per_node or int(node.get("Resources", {}).get("CPU", 1)) or 1
+        slots.append(NodeSlot(node["NodeID"], max(1, per_node)))
+    return slots
+
+
+def alive_node_count() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))

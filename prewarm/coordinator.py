@@ -1,0 +1,239 @@
+"""The per-request coordinator actor: resolve POPs, probe sizes, plan lanes, drive fetchers, keep time.
+
+One detached coordinator per request, named after it, so each request has its own fetchers and its
+own deadline: one job's timeout or stop never touches another. It ends the job in the state actor and
+then exits; the fetchers it created die with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from prewarm.cluster import choose_nodes
+from prewarm.fetcher import FetcherActor
+from prewarm.models import PrewarmRequest
+from prewarm.plan import Lane, interleave_by_node, lane_batches, plan_lanes
+from prewarm.progress import ResultRow
+from prewarm.resolve import Resolver
+from prewarm.settings import Settings
+from prewarm.state import get_state_actor
+
+log = logging.getLogger("prewarm.coordinator")
+
+FETCHER_START_TIMEOUT_S = 60.0
+BATCHES_IN_FLIGHT_PER_LANE = 2
+
+
+def coordinator_name(req_id: str) -> str:
+    return f"prewarm-coordinator-{req_id}"
+
+
+class JobFailed(Exception):
+    """The job cannot run; the message becomes the job's ``error_message``."""
+
+
+class Coordinator:
+    def __init__(self, req_id: str, request: dict[str, Any], cf_domain: str, deadline: float,
+                 settings: Settings) -> None:
+        self.req_id = req_id
+        self.request = PrewarmRequest.model_validate(request)
+        self.cf_domain = cf_domain
+        self.deadline = deadline
+        self.settings = settings
+        self.state = get_state_actor(settings.namespace)
+        self.fetchers: list[Any] = []
+        self.dead: set[int] = set()
+        self.dispatched = 0
+
+    async def run(self) -> str:
+        """Run the job to its end and close it in the state actor; never raises."""
+        remaining = self.deadline - time.time()
+        try:
+            status, message = await asyncio.wait_for(self._work(), timeout=max(0.0, remaining))
+        except TimeoutError:
+            status = "TIMEOUT"
+            message = f"the job's timeout of {self.request.timeout:g} minute(s) was reached"
+        except JobFailed as exc:
+            status, message = "FAILED", str(exc)
+        except Exception as exc:
+            log.exception("job %s failed", self.req_id)
+            status, message = "FAILED", f"{type(exc).__name__}: {exc}"
+        await self.state.finish.remote(self.req_id, status, message)
+        for fetcher in self.fetchers:
+            with contextlib.suppress(Exception):
+                ray.kill(fetcher)
+        ray.actor.exit_actor()
+        return status  # not reached
+
+    async def _work(self) -> tuple[str, str]:
+        req = self.request
+        resolver = Resolver(self.settings.nameservers, self.settings.dns_timeout_s)
+        resolved = await resolver.pop_addresses(
+            self.cf_domain, req.target_pops(), self.settings.allow_private_edges
+        )
+        pops = [r for r in resolved if not r.problem]
+        failures = {r.pop: r.problem or "" for r in resolved if r.problem}
+        if not pops:
+            await self.state.set_plan.remote(self.req_id, [], failures, 0)
+            raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
+                            + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
+
+        await self._start_fetchers()
+        await self.state.set_phase.remote(self.req_id, "probing")
+        sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, len(pops))
+        total_size = sum(sizes.values()) * len(pops)
+        await self.state.set_plan.remote(
+            self.req_id, [p.pop for p in pops], failures, total_size, probe_rows
+        )
+        await self.state.set_phase.remote(self.req_id, "warming")
+        skip = {row[0] // len(pops) for row in probe_rows}
+        url_indices = [i for i in range(len(req.url_list)) if i not in skip]
+        lanes = plan_lanes(url_indices, len(pops), len(self.fetchers))
+        addresses = [p.addresses for p in pops]
+        names = [p.pop for p in pops]
+        ticker = asyncio.create_task(self._report_dispatched())
+        try:
+            await asyncio.gather(*(self._drive(lane, names, addresses) for lane in lanes))
+        finally:
+            ticker.cancel()
+        return "FINISHED", ""
+
+    async def _start_fetchers(self) -> None:
+        """Create fetchers on up to ``instance_count`` distinct nodes; never wait forever on placement."""
+        nodes = await asyncio.to_thread(ray.nodes)
+        slots = choose_nodes(nodes, self.request.instance_count, self.settings.fetchers_per_node, self.req_id)
+        by_node: list[list[Any]] = []
+        for slot in slots:
+            strategy = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
+            by_node.append([
+                FetcherActor.options(scheduling_strategy=strategy).remote(
+                    self.req_id, self.settings, self.request.header
+                )
+                for _ in range(slot.fetchers)
+            ])
+        candidates = interleave_by_node(by_node)
+        started: list[Any] = []
+        node_ids: set[str] = set()
+        refs = [f.node_id.remote() for f in candidates]
+        for fetcher, ref in zip(candidates, refs, strict=True):
+            try:
+                node_ids.add(await asyncio.wait_for(asyncio.wrap_future(ref.future()), FETCHER_START_TIMEOUT_S))
+                started.append(fetcher)
+            except (TimeoutError, GetTimeoutError, RayActorError):
+                ray.kill(fetcher)
+        if not started:
+            raise JobFailed("no fetcher could be started on the cluster")
+        self.fetchers = started
+        await self.state.set_nodes.remote(self.req_id, len(node_ids))
+
+    async def _probe(self, pop: str, addresses: list[str], n_pops: int) -> tuple[dict[int, int], list[ResultRow]]:
+        """HEAD every URL through one POP: sizes for ``total_size``; 4xx URLs are failed on every POP."""
+        urls = self.request.url_list
+        size = self.settings.batch_size
+        chunks = [[(i, urls[i]) for i in range(s, min(s + size, len(urls)))] for s in range(0, len(urls), size)]
+        results = await self._spread(
+            lambda fetcher, chunk: fetcher.probe_batch.remote(pop, addresses, chunk, self.deadline), chunks
+        )
+        sizes: dict[int, int] = {}
+        rows: list[ResultRow] = []
+        for index, status, length, error_class, message in (r for batch in results for r in batch):
+            if 400 <= status < 500 and status != 429:
+                note = f"size probe through {pop} answered {message or status}; not sent to the POPs"
+                rows.extend(
+                    (index * n_pops + p, status, "", "", 0, 0, 0.0, f"http_{status}", note) for p in range(n_pops)
+                )
+            elif not error_class and length is not None:
+                sizes[index] = length
+        return sizes, rows
+
+    async def _spread(self, call: Any, chunks: list[Any]) -> list[Any]:
+        """Run chunks over the live fetchers round-robin, moving a chunk on if its fetcher dies."""
+        async def run(i: int, chunk: Any) -> Any:
+            while True:
+                owner = self._alive_owner(i)
+                try:
+                    return await call(self.fetchers[owner], chunk)
+                except RayActorError:
+                    self._mark_dead(owner)
+
+        return list(await asyncio.gather(*(run(i, c) for i, c in enumerate(chunks))))
+
+    def _alive_owner(self, preferred: int) -> int:
+        alive = [i for i in range(len(self.fetchers)) if i not in self.dead]
+        if not alive:
+            raise JobFailed("every fetcher of the job died")
+        return preferred % len(self.fetchers) if preferred % len(self.fetchers) in alive else alive[
+            preferred % len(alive)
+        ]
+
+    def _mark_dead(self, index: int) -> None:
+        if index not in self.dead:
+            log.warning("job %s: fetcher %d died; moving its lanes", self.req_id, index)
+            self.dead.add(index)
+            with contextlib.suppress(Exception):
+                ray.kill(self.fetchers[index])
+
+    async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]]) -> None:
+        """Feed a lane's batches to its owner, a few in flight; on the owner's death, to a survivor."""
+        n_pops = len(pops)
+        urls = self.request.url_list
+        pending = deque(lane_batches(lane, n_pops, self.settings.batch_size))
+        inflight: dict[asyncio.Future[Any], tuple[list[int], int]] = {}
+        owner = self._alive_owner(lane.owner)
+        while pending or inflight:
+            while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
+                batch = pending.popleft()
+                tasks = [(t, urls[t // n_pops]) for t in batch]
+                ref = self.fetchers[owner].fetch_batch.remote(
+                    pops[lane.pop_index], addresses[lane.pop_index], tasks, self.deadline
+                )
+                inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
+                self.dispatched += len(batch)
+            done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                batch, sent_to = inflight.pop(future)
+                try:
+                    future.result()
+                except RayActorError:
+                    self.dispatched -= len(batch)
+                    self._mark_dead(sent_to)
+                    if owner == sent_to:
+                        owner = self._alive_owner(owner + 1)
+                    pending.appendleft(batch)
+
+    async def _report_dispatched(self) -> None:
+        last = -1
+        while True:
+            if self.dispatched != last:
+                last = self.dispatched
+                self.state.dispatched.remote(self.req_id, last)
+            await asyncio.sleep(0.5)
+
+
+CoordinatorActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=100)(Coordinator)
+
+
+def start_job(req_id: str, request: PrewarmRequest, cf_domain: str, deadline: float, settings: Settings) -> None:
+    """Create the request's detached coordinator and start it; the caller does not wait for the job."""
+    coordinator = CoordinatorActor.options(
+        name=coordinator_name(req_id), namespace=settings.namespace, lifetime="detached"
+    ).remote(req_id, request.model_dump(), cf_domain, deadline, settings)
+    coordinator.run.remote()
+
+
+def kill_coordinator(req_id: str, namespace: str) -> bool:
+    """Kill a job's coordinator (and with it its fetchers); False if it was already gone."""
+    try:
+        ray.kill(ray.get_actor(coordinator_name(req_id), namespace=namespace))
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,370 @@
+"""Request and response models of the HTTP API (shared/spec/prewarm-api.md) and their validation.
+
+Validation is pure: every rule lives here or in ``targets``, so it is unit-tested without Ray or
+sockets, and every failure names the field that caused it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from prewarm.targets import TargetError, expand_targets
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+MAX_TIMEOUT_MINUTES = 24 * 60
+MAX_INSTANCES = 300
+HARD_MAX_URL_LENGTH = 8192
+STATUSES = ("IN_PROGRESS", "FINISHED", "TIMEOUT", "FAILED", "STOPPED")
+FINAL_STATUSES = frozenset(STATUSES[1:])
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+# Headers a caller may not set: they would change where or how the request is framed, not what a viewer sends.
+FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def fmt_time(moment: datetime) -> str:
+    """The spec's timestamp format, always UTC: ``2024-04-16 03:12:21.046535``."""
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+class InvalidURLs(ValueError):
+    """Raised by the ``url_list`` validator; carries the offending URLs for ``error_urls``."""
+
+    def __init__(self, urls: list[str], reasons: list[str]) -> None:
+        shown = "; ".join(f"{u!r}: {r}" for u, r in list(zip(urls, reasons, strict=True))[:5])
+        more = f" (and {len(urls) - 5} more)" if len(urls) > 5 else ""
+        super().__init__(f"{len(urls)} invalid URL(s): {shown}{more}")
+        self.urls = urls
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be warmed, or None when it is an absolute http(s) URL a viewer could fetch."""
+    if not url:
+        return "empty"
+    if len(url) > HARD_MAX_URL_LENGTH:
+        return f"longer than {HARD_MAX_URL_LENGTH} characters"
+    if _CONTROL.search(url):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "not an absolute http(s) URL"
+    host = parts.hostname or ""
+    if not host:
+        return "has no host"
+    if port == 0:
+        return "has port 0"
+    if not _valid_host(host):
+        return f"invalid host {host!r}"
+    return None
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+
+
+def _number(value: Any) -> Any:
+    """JSON numbers only: reject strings and booleans that lax parsing would coerce."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+def _integer(value: Any) -> Any:
+    value = _number(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        value = int(value)
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Integer = Annotated[int, BeforeValidator(_integer)]
+Boolean = Annotated[bool, BeforeValidator(_boolean)]
+StrList = list[Annotated[str, Field(strict=True)]]
+
+
+def parse_headers(value: Any) -> dict[str, str]:
+    """Accept the published list form (``["Name: Value"]``) or an object; return a checked dict."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        pairs = []
+        for item in value:
+            if not isinstance(item, str) or ":" not in item:
+                raise ValueError(f"list items must be 'Name: Value' strings, got {item!r}")
+            name, _, val = item.partition(":")
+            pairs.append((name.strip(), val.strip()))
+    else:
+        raise ValueError("must be a list of 'Name: Value' strings or an object")
+    headers: dict[str, str] = {}
+    for name, val in pairs:
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if not isinstance(val, str):
+            raise ValueError(f"header {name!r} value must be a string")
+        if any(c in val for c in "\r\n\x00"):
+            raise ValueError(f"header {name!r} value contains CR, LF or NUL")
+        if name.lower() in FORBIDDEN_HEADERS:
+            raise ValueError(f"header {name!r} may not be set (the URL decides it)")
+        headers[name] = val
+    return headers
+
+
+class PrewarmRequest(BaseModel):
+    """``POST /prewarm`` body, as published, plus an object form for ``header``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url_list: StrList = Field(description="URLs to warm (absolute http/https).")
+    cf_domain: str | None = Field(
+        default=None,
+        description="CloudFront domain (*.cloudfront.net), or a name whose CNAME chain leads to one; "
+        "when absent, found from the URLs' hosts.",
+    )
+    timeout: Number = Field(description="Time limit in minutes (0.1 is six seconds); at most one day.")
+    target_type: str = Field(description="pop, country or region.")
+    pops: StrList = Field(default_factory=list)
+    countries: StrList = Field(default_factory=list)
+    regions: StrList = Field(default_factory=list)
+    instance_count: Integer = Field(description="Number of fetcher nodes (1..300).")
+    need_invalidate: Boolean = False
+    header: Annotated[dict[str, str], BeforeValidator(parse_headers)] = Field(
+        default_factory=dict, description="Extra request headers: ['Name: Value'] or {name: value}."
+    )
+
+    @field_validator("url_list")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("must not be empty")
+        bad = [(u, p) for u in urls if (p := url_problem(u))]
+        if bad:
+            raise InvalidURLs([u for u, _ in bad], [p for _, p in bad])
+        return urls
+
+    @field_validator("cf_domain")
+    @classmethod
+    def _cf_domain(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip().rstrip(".").lower()
+        if not _HOSTNAME.match(value) or "." not in value:
+            raise ValueError(f"{value!r} is not a domain name")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not 0 < value <= MAX_TIMEOUT_MINUTES:
+            raise ValueError(f"must be more than 0 and at most {MAX_TIMEOUT_MINUTES} minutes")
+        return value
+
+    @field_validator("target_type")
+    @classmethod
+    def _target_type(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @field_validator("instance_count")
+    @classmethod
+    def _instances(cls, value: int) -> int:
+        if not 1 <= value <= MAX_INSTANCES:
+            raise ValueError(f"must be between 1 and {MAX_INSTANCES}")
+        return value
+
+    @model_validator(mode="after")
+    def _targets(self) -> PrewarmRequest:
+        self.target_pops()  # raises TargetError naming the field
+        return self
+
+    def target_pops(self) -> list[str]:
+        return expand_targets(self.target_type, self.pops, self.countries, self.regions)
+
+    def deadline(self, start: datetime) -> datetime:
+        return start + timedelta(minutes=self.timeout)
+
+
+class RequestError(Exception):
+    """A bad request, already phrased for the caller; becomes the spec's error shape."""
+
+    def __init__(self, message: str, *, status_code: int = 400, error_urls: list[str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.error_urls = error_urls or []
+
+
+def request_error(exc: ValidationError) -> RequestError:
+    """Turn pydantic's errors into one message naming each field, plus the invalid URLs."""
+    messages: list[str] = []
+    error_urls: list[str] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        field = loc[0] if loc else "body"
+        for part in loc[1:]:
+            field += f"[{part}]" if part.isdigit() else f".{part}"
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, InvalidURLs):
+            error_urls.extend(cause.urls)
+            messages.append(f"field 'url_list': {cause}")
+        elif isinstance(cause, TargetError):
+            messages.append(f"field '{cause.field}': {cause}")
+        elif err["type"] == "missing":
+            messages.append(f"field '{field}' is required")
+        elif err["type"] == "extra_forbidden":
+            messages.append(f"field '{field}' is not a known field")
+        elif err["type"] == "json_invalid":
+            messages.append(f"request body is not valid JSON: {err['msg']}")
+        elif field == "body":
+            messages.append(f"request body: {err['msg']}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            messages.append(f"field '{field}': {msg}")
+    return RequestError("; ".join(dict.fromkeys(messages)) or "invalid request", error_urls=error_urls)
+
+
+def check_req_id(value: str | None) -> str:
+    """A request id must be a UUID; a malformed one is a 400 naming ``req_id``."""
+    if not value:
+        raise RequestError("field 'req_id' is required (query string)")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise RequestError(f"field 'req_id': {value[:80]!r} is not a valid request id (UUID)") from None
+
+
+class PrewarmResponse(BaseModel):
+    status: Literal["Success", "Failed"]
+    error_message: str = ""
+    error_urls: list[str] = Field(default_factory=list)
+    request_id: str = ""
+    timestamp: str
+    timeout_at: str = ""
+
+
+ErrorResponse = PrewarmResponse
+
+
+class PopStats(BaseModel):
+    pop: str
+    success: int
+    failure: int
+    bytes: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class ProgressResponse(BaseModel):
+    request_id: str
+    status: str
+    phase: str
+    total_count: int
+    download_count: int
+    percentage_complete: int
+    in_progress_task_count: int
+    available_task_count: int
+    download_size: int
+    total_size: int
+    success_count: int
+    failure_count: int
+    nodes_used: int
+    error_message: str = ""
+    created_at: str
+    last_update_time: str
+    timestamp: str
+
+
+class SummaryResponse(BaseModel):
+    request_id: str
+    status: str
+    failure_pops: list[str]
+    failure_urls: list[str]
+    failure_pop_urls_report: str
+    success_count: int
+    failure_count: int
+    pops: list[PopStats]
+    error_message: str = ""
+    created_at: str
+    last_update_time: str
+    timestamp: str
+
+
+class InstancesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    DesiredCapacity: Integer | None = Field(default=None, description="Target number of fetcher nodes (0..300).")
+    req_id: str | None = None
+    force_stop: Boolean = False
+
+    @field_validator("DesiredCapacity")
+    @classmethod
+    def _capacity(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_INSTANCES:
+            raise ValueError(f"must be between 0 and {MAX_INSTANCES}")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> InstancesRequest:
+        if self.DesiredCapacity is None and not self.force_stop:
+            raise ValueError("give DesiredCapacity, or force_stop with req_id")
+        if self.force_stop and not self.req_id:
+            raise ValueError("force_stop needs req_id")
+        return self
+
+    @field_validator("req_id")
+    @classmethod
+    def _req_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"{value[:80]!r} is not a valid request id (UUID)") from None
+
+
+class InstancesResponse(BaseModel):
+    status: Literal["success", "failed"]
+    timestamp: str
+    message: str
+
+
+class InstancesQueryResponse(InstancesResponse):
+    desiredcapacity: int
+    alive_count: int

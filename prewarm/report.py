@@ -1,0 +1,102 @@
+"""The failure report and per-POP table, built with pandas from a job's task table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from prewarm.progress import TaskTable
+
+REPORT_COLUMNS = [
+    "url",
+    "pop",
+    "address",
+    "status_code",
+    "x_cache",
+    "bytes",
+    "attempts",
+    "elapsed_ms",
+    "error_class",
+    "error_message",
+]
+
+
+def failures_frame(table: TaskTable) -> pd.DataFrame:
+    """One row per failed (URL, POP), in task order."""
+    ids = table.failed_task_ids()
+    n_pops = len(table.pops) or 1
+    urls = np.asarray(table.urls, dtype=object)
+    pops = np.asarray(table.pops, dtype=object)
+    frame = pd.DataFrame(
+        {
+            "url": urls[ids // n_pops] if len(ids) else [],
+            "pop": pops[ids % n_pops] if len(ids) else [],
+            "address": np.asarray(table.addresses, dtype=object)[table.address[ids]],
+            "status_code": table.status[ids].astype(np.int64),
+            "x_cache": np.asarray(table.x_cache_values, dtype=object)[table.x_cache[ids]],
+            "bytes": table.nbytes[ids],
+            "attempts": table.attempts[ids].astype(np.int64),
+            "elapsed_ms": np.round(table.elapsed_ms[ids].astype(np.float64), 1),
+            "error_class": np.asarray(table.error_classes, dtype=object)[table.error[ids]],
+            "error_message": [table.messages.get(int(t), "") for t in ids],
+        },
+        columns=REPORT_COLUMNS,
+    )
+    return frame
+
+
+def extra_failure_rows(pop_failures: dict[str, str]) -> pd.DataFrame:
+    """Rows for POPs that never got work (unresolvable or refused): the URL column is empty."""
+    return pd.DataFrame(
+        [
+            {"url": "", "pop": pop, "address": "", "status_code": 0, "x_cache": "", "bytes": 0,
+             "attempts": 0, "elapsed_ms": 0.0, "error_class": "pop_unavailable", "error_message": reason}
+            for pop, reason in pop_failures.items()
+        ],
+        columns=REPORT_COLUMNS,
+    )
+
+
+def report_csv(table: TaskTable, pop_failures: dict[str, str]) -> bytes:
+    frame = pd.concat([extra_failure_rows(pop_failures), failures_frame(table)], ignore_index=True)
+    return frame.to_csv(index=False).encode()
+
+
+def pop_table(table: TaskTable) -> list[dict[str, object]]:
+    """Per-POP success, failure, bytes and p50/p95 latency of successful fetches."""
+    if not table.total:
+        return []
+    n_pops = len(table.pops)
+    ids = np.flatnonzero(table.done)
+    frame = pd.DataFrame(
+        {
+            "pop": ids % n_pops,
+            "ok": table.ok[ids],
+            "bytes": table.nbytes[ids],
+            "ms": table.elapsed_ms[ids].astype(np.float64),
+        }
+    )
+    grouped = frame.groupby("pop")
+    success = grouped["ok"].sum()
+    done = grouped["ok"].count()
+    nbytes = grouped["bytes"].sum()
+    ok_ms = frame[frame["ok"]].groupby("pop")["ms"]
+    p50 = ok_ms.quantile(0.5)
+    p95 = ok_ms.quantile(0.95)
+    rows = []
+    for index, pop in enumerate(table.pops):
+        rows.append(
+            {
+                "pop": pop,
+                "success": int(success.get(index, 0)),
+                "failure": int(done.get(index, 0) - success.get(index, 0)),
+                "bytes": int(nbytes.get(index, 0)),
+                "p50_ms": _ms(p50.get(index)),
+                "p95_ms": _ms(p95.get(index)),
+            }
+        )
+    return rows
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), 1)

@@ -1,0 +1,39 @@
+"""Start (or join) a Ray cluster and run the Serve app on it: shared by ``prewarm serve`` and the demo."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+from ray import serve
+
+from prewarm.api import build_app
+from prewarm.settings import Settings
+
+APP_NAME = "prewarm"
+log = logging.getLogger("prewarm.service")
+
+
+def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+                  ray_init_kwargs: dict[str, Any] | None = None) -> str:
+    """Connect to (or start) Ray, start Serve on host:port, deploy the app; returns the base URL."""
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"namespace": settings.namespace, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs.setdefault("include_dashboard", False)
+        kwargs.update(ray_init_kwargs or {})
+        ray.init(**kwargs)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def stop_service() -> None:
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,83 @@
+"""Every PREWARM_* setting in one place, read from the environment once.
+
+The driver (``prewarm serve``, ``serve run``) reads the settings and hands them down to the
+ingress, coordinators and fetchers as a plain object, so a Ray worker never depends on which
+environment the raylet happened to inherit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service configuration; ``from_env`` is the only reader of the environment."""
+
+    nameservers: tuple[str, ...] = ()
+    ca_bundle: str | None = None
+    allow_private_edges: bool = False
+    state_dir: str = field(default_factory=lambda: str(Path.home() / ".prewarm"))
+    namespace: str = "prewarm"
+    max_urls: int = 100_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_url_length: int = 2048
+    fetch_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    dns_timeout_s: float = 5.0
+    attempts: int = 3
+    backoff_base_s: float = 0.2
+    retry_after_cap_s: float = 30.0
+    max_concurrency: int = 32
+    batch_size: int = 256
+    fetchers_per_node: int = 0  # 0: the node's CPU count
+    probe_concurrency: int = 64
+    default_max_capacity: int = 300
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        base = cls()
+
+        def num(name: str, default: float, kind: type = int) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"setting {name}={raw!r} is not a valid {kind.__name__}") from exc
+
+        return cls(
+            nameservers=_csv(env.get("PREWARM_NAMESERVERS")),
+            ca_bundle=env.get("PREWARM_CA_BUNDLE") or None,
+            allow_private_edges=_flag(env.get("PREWARM_ALLOW_PRIVATE_EDGES")),
+            state_dir=env.get("PREWARM_STATE_DIR") or base.state_dir,
+            namespace=env.get("PREWARM_NAMESPACE") or base.namespace,
+            max_urls=int(num("PREWARM_MAX_URLS", base.max_urls)),
+            max_body_bytes=int(num("PREWARM_MAX_BODY_BYTES", base.max_body_bytes)),
+            max_url_length=int(num("PREWARM_MAX_URL_LENGTH", base.max_url_length)),
+            fetch_timeout_s=float(num("PREWARM_FETCH_TIMEOUT", base.fetch_timeout_s, float)),
+            connect_timeout_s=float(num("PREWARM_CONNECT_TIMEOUT", base.connect_timeout_s, float)),
+            dns_timeout_s=float(num("PREWARM_DNS_TIMEOUT", base.dns_timeout_s, float)),
+            attempts=int(num("PREWARM_ATTEMPTS", base.attempts)),
+            backoff_base_s=float(num("PREWARM_BACKOFF_BASE", base.backoff_base_s, float)),
+            retry_after_cap_s=float(num("PREWARM_RETRY_AFTER_CAP", base.retry_after_cap_s, float)),
+            max_concurrency=int(num("PREWARM_MAX_CONCURRENCY", base.max_concurrency)),
+            batch_size=int(num("PREWARM_BATCH_SIZE", base.batch_size)),
+            fetchers_per_node=int(num("PREWARM_FETCHERS_PER_NODE", base.fetchers_per_node)),
+            probe_concurrency=int(num("PREWARM_PROBE_CONCURRENCY", base.probe_concurrency)),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)

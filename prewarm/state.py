@@ -1,0 +1,222 @@
+"""The detached state actor: one per cluster, aggregates every job's progress and builds its report.
+
+Find it from a notebook with ``ray.get_actor(STATE_ACTOR_NAME, namespace="prewarm")``. Fetchers report
+results in batches; the API reads progress and summaries from here, so those stay fast while jobs run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from prewarm.models import FINAL_STATUSES, fmt_time, utcnow
+from prewarm.progress import ResultRow, TaskTable, counts, percentage
+from prewarm.report import pop_table, report_csv
+
+STATE_ACTOR_NAME = "prewarm-state"
+# A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
+DEADLINE_GRACE = timedelta(seconds=30)
+
+STOP_ERRORS = {"TIMEOUT": "timeout", "STOPPED": "stopped", "FAILED": "job_failed"}
+
+
+@dataclass
+class Job:
+    req_id: str
+    urls: list[str]
+    target_pops: list[str]
+    cf_domain: str
+    created_at: datetime
+    timeout_at: datetime
+    status: str = "IN_PROGRESS"
+    phase: str = "resolving"
+    error_message: str = ""
+    last_update: datetime = field(default_factory=utcnow)
+    table: TaskTable | None = None
+    pop_failures: dict[str, str] = field(default_factory=dict)
+    total_size: int = 0
+    dispatched: int = 0
+    nodes_used: int = 0
+    report: bytes | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def touch(self) -> None:
+        self.last_update = utcnow()
+
+
+class State:
+    """All jobs of the cluster; plain methods, run one at a time by the actor."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.desired_capacity = 0
+
+    # -- written by the API and the coordinators -------------------------------------------
+    def create_job(self, req_id: str, urls: list[str], target_pops: list[str], cf_domain: str,
+                   created_at: datetime, timeout_at: datetime) -> None:
+        self.jobs[req_id] = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at)
+
+    def set_phase(self, req_id: str, phase: str) -> None:
+        job = self.jobs[req_id]
+        if not job.final:
+            job.phase = phase
+            job.touch()
+
+    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], total_size: int,
+                 probe_failures: list[ResultRow] | None = None) -> None:
+        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs."""
+        job = self.jobs[req_id]
+        job.table = TaskTable(job.urls, pops)
+        job.pop_failures = dict(pop_failures)
+        job.total_size = total_size
+        if probe_failures:
+            job.table.record(probe_failures)
+        job.touch()
+
+    def set_nodes(self, req_id: str, nodes_used: int) -> None:
+        self.jobs[req_id].nodes_used = nodes_used
+
+    def dispatched(self, req_id: str, total_dispatched: int) -> None:
+        job = self.jobs[req_id]
+        job.dispatched = max(job.dispatched, total_dispatched)
+
+    def record(self, req_id: str, rows: list[ResultRow]) -> int:
+        """Results of one batch; ignored once the job is final (a late batch after a timeout)."""
+        job = self.jobs.get(req_id)
+        if job is None or job.final or job.table is None:
+            return 0
+        added = job.table.record(rows)
+        job.touch()
+        return added
+
+    def finish(self, req_id: str, status: str, error_message: str = "") -> str:
+        """Close a job: unfinished tasks become failures named after the reason. First close wins."""
+        job = self.jobs[req_id]
+        if job.final:
+            return job.status
+        if job.table is None:  # closed before POPs were resolved: count against every targeted POP
+            job.table = TaskTable(job.urls, job.target_pops)
+        if status != "FINISHED" or job.table.done_count < job.table.total:
+            reason = STOP_ERRORS.get(status, "unfinished")
+            job.table.fail_unfinished(reason, error_message or reason)
+        job.status = status
+        job.phase = "done"
+        job.error_message = error_message
+        job.touch()
+        job.report = report_csv(job.table, job.pop_failures)
+        return job.status
+
+    def set_desired_capacity(self, value: int) -> None:
+        self.desired_capacity = value
+
+    def get_desired_capacity(self) -> int:
+        return self.desired_capacity
+
+    # -- read by the API -------------------------------------------------------------------------
+    def _get(self, req_id: str) -> Job | None:
+        job = self.jobs.get(req_id)
+        if job is not None and not job.final and utcnow() > job.timeout_at + DEADLINE_GRACE:
+            self.finish(req_id, "TIMEOUT", "the job's coordinator did not close it by its deadline")
+        return job
+
+    def exists(self, req_id: str) -> bool:
+        return req_id in self.jobs
+
+    def progress(self, req_id: str) -> dict[str, Any] | None:
+        job = self._get(req_id)
+        if job is None:
+            return None
+        table = job.table
+        if table is None:
+            total, done, success, size = len(job.urls) * len(job.target_pops), 0, 0, 0
+        else:
+            total, done, success, size = table.total, table.done_count, table.success_count, table.download_size
+        in_progress, available = counts(total, done, job.dispatched)
+        if job.final:
+            in_progress, available = 0, 0
+        return {
+            "request_id": job.req_id,
+            "status": job.status,
+            "phase": job.phase,
+            "total_count": total,
+            "download_count": done,
+            "percentage_complete": percentage(done, total),
+            "in_progress_task_count": in_progress,
+            "available_task_count": available,
+            "download_size": size,
+            "total_size": job.total_size,
+            "success_count": success,
+            "failure_count": done - success,
+            "nodes_used": job.nodes_used,
+            "error_message": job.error_message,
+            "created_at": fmt_time(job.created_at),
+            "last_update_time": fmt_time(job.last_update),
+            "timestamp": fmt_time(utcnow()),
+        }
+
+    def summary(self, req_id: str) -> dict[str, Any] | None:
+        job = self._get(req_id)
+        if job is None:
+            return None
+        table = job.table or TaskTable(job.urls, [])
+        failure_pops = list(dict.fromkeys([*job.pop_failures, *table.all_failed_pops()]))
+        return {
+            "request_id": job.req_id,
+            "status": job.status,
+            "failure_pops": failure_pops,
+            "failure_urls": table.failure_urls(),
+            "success_count": table.success_count,
+            "failure_count": table.failure_count,
+            "pops": pop_table(table),
+            "error_message": job.error_message,
+            "created_at": fmt_time(job.created_at),
+            "last_update_time": fmt_time(job.last_update),
+            "timestamp": fmt_time(utcnow()),
+        }
+
+    def report(self, req_id: str) -> bytes | None:
+        job = self._get(req_id)
+        if job is None:
+            return None
+        if job.report is not None:
+            return job.report
+        return report_csv(job.table or TaskTable(job.urls, []), job.pop_failures)
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return [p for req_id in list(self.jobs) if (p := self.progress(req_id))]
+
+    def ping(self) -> float:
+        return time.time()
+
+
+StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(State)
+
+
+def head_node_id() -> str | None:
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return node["NodeID"]
+    return None
+
+
+def get_state_actor(namespace: str = "prewarm") -> ray.actor.ActorHandle:
+    """The cluster's state actor, created on the head node on first use (detached: it outlives us)."""
+    try:
+        return ray.get_actor(STATE_ACTOR_NAME, namespace=namespace)
+    except ValueError:
+        pass
+    options: dict[str, Any] = {
+        "name": STATE_ACTOR_NAME, "namespace": namespace, "lifetime": "detached", "get_if_exists": True,
+    }
+    head = head_node_id()
+    if head is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
+    return StateActor.options(**options).remote()

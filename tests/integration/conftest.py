@@ -1,0 +1,95 @@
+"""Fixtures for tests that run the whole service: a testbed, a local Ray cluster and Serve."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from prewarm.client import PrewarmClient
+from prewarm.models import FINAL_STATUSES
+from prewarm.settings import Settings
+from prewarm.testbed import Testbed
+
+SPEC_POPS = ["ATL56-C1", "SIN2-C1", "DFW55-C3"]
+
+RAY_TEST_KWARGS: dict[str, Any] = {
+    "num_cpus": 2,
+    "object_store_memory": 100 * 1024 * 1024,
+    "include_dashboard": False,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_settings(testbed: Testbed, **extra: str) -> Settings:
+    env = {
+        **testbed.env(),
+        "PREWARM_FETCH_TIMEOUT": "3",
+        "PREWARM_BACKOFF_BASE": "0.05",
+        "PREWARM_NAMESPACE": f"prewarm-test-{uuid.uuid4().hex[:8]}",
+        **extra,
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="module")
+def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """This module's own testbed, with the spec example's POPs added to the catalogue's."""
+    testbed = Testbed(extra_pops=SPEC_POPS, two_address_pops=["SIN2-C1"],
+                      workdir=tmp_path_factory.mktemp("cdn"))
+    testbed.start()
+    try:
+        yield testbed
+    finally:
+        testbed.stop()
+
+
+@pytest.fixture(scope="module")
+def service(cdn: Testbed) -> Iterator[PrewarmClient]:
+    """The whole service on a local Ray cluster, pointed at this module's testbed."""
+    from prewarm.service import start_service, stop_service
+
+    base = start_service(test_settings(cdn), port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    try:
+        yield PrewarmClient(base)
+    finally:
+        stop_service()
+
+
+def wait_final(client: PrewarmClient, req_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        progress = client.progress(req_id)
+        if progress["status"] in FINAL_STATUSES:
+            return progress
+        time.sleep(0.2)
+    raise AssertionError(f"job {req_id} did not end within {timeout_s} s: {progress}")
+
+
+def origin_gets(testbed: Testbed) -> Counter[tuple[str, str]]:
+    """(path, edge POP) -> number of GETs the origin saw."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for row in testbed.origin_counts()["requests"]:
+        if row["method"] == "GET":
+            counts[(row["path"], row["edge"])] += row["count"]
+    return counts
+
+
+def request_body(urls: list[str], **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "url_list": urls, "cf_domain": "www.example.com", "target_type": "pop", "countries": [],
+        "regions": [], "pops": SPEC_POPS, "timeout": 2, "header": [], "instance_count": 1,
+        "need_invalidate": False,
+    }
+    body.update(fields)
+    return body

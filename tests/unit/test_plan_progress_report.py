@@ -1,0 +1,105 @@
+import io
+from collections import Counter
+
+import pandas as pd
+
+from prewarm.cluster import FETCHER_RESOURCE, choose_nodes
+from prewarm.plan import interleave_by_node, lane_batches, plan_lanes
+from prewarm.progress import TaskTable, counts, percentage
+from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
+
+
+def test_lanes_cover_every_task_once() -> None:
+    for n_urls, n_pops, n_fetchers in [(10, 3, 2), (7, 1, 4), (100, 16, 6), (1, 2, 8), (5, 5, 5)]:
+        lanes = plan_lanes(range(n_urls), n_pops, n_fetchers)
+        tasks = [t for lane in lanes for batch in lane_batches(lane, n_pops, 3) for t in batch]
+        assert sorted(tasks) == list(range(n_urls * n_pops))
+        assert all(0 <= lane.owner < n_fetchers for lane in lanes)
+        assert all(len(b) <= 3 for lane in lanes for b in lane_batches(lane, n_pops, 3))
+
+
+def test_every_fetcher_gets_work_and_pops_spread_evenly() -> None:
+    lanes = plan_lanes(range(100), 1, 4)  # one POP, four fetchers: four shares of the URLs
+    assert sorted(lane.owner for lane in lanes) == [0, 1, 2, 3]
+    lanes = plan_lanes(range(10), 8, 4)  # eight POPs over four fetchers: two each
+    assert Counter(lane.owner for lane in lanes) == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_skipped_urls_are_not_planned() -> None:
+    lanes = plan_lanes([0, 2], 2, 1)
+    tasks = sorted(t for lane in lanes for b in lane_batches(lane, 2, 10) for t in b)
+    assert tasks == [0, 1, 4, 5]
+
+
+def test_interleave_by_node() -> None:
+    assert interleave_by_node([["a1", "a2"], ["b1"], ["c1", "c2"]]) == ["a1", "b1", "c1", "a2", "c2"]
+
+
+def test_choose_nodes_prefers_marked_nodes_and_caps_count() -> None:
+    nodes = [
+        {"NodeID": "head", "Alive": True, "Resources": {"CPU": 2}},
+        {"NodeID": "w1", "Alive": True, "Resources": {"CPU": 4, FETCHER_RESOURCE: 1}},
+        {"NodeID": "w2", "Alive": True, "Resources": {"CPU": 2, FETCHER_RESOURCE: 1}},
+        {"NodeID": "w3", "Alive": False, "Resources": {"CPU": 2, FETCHER_RESOURCE: 1}},
+    ]
+    slots = choose_nodes(nodes, 5, 0, "x")
+    assert {s.node_id for s in slots} == {"w1", "w2"}
+    assert {s.node_id: s.fetchers for s in slots} == {"w1": 4, "w2": 2}
+    assert len(choose_nodes(nodes, 1, 3, "x")) == 1
+    assert choose_nodes(nodes, 1, 3, "x")[0].fetchers == 3
+    unmarked = [{"NodeID": "n", "Alive": True, "Resources": {"CPU": 2}}]
+    assert [s.node_id for s in choose_nodes(unmarked, 2, 0)] == ["n"]
+
+
+def row(task: int, ok: bool = True, nbytes: int = 100, ms: float = 10.0, pop_err: str = "http_404"):
+    if ok:
+        return (task, 200, "Miss from cloudfront", "127.0.0.2", nbytes, 1, ms, "", "")
+    return (task, 404, "Miss from cloudfront", "127.0.0.2", 0, 1, ms, pop_err, "HTTP 404 Not Found")
+
+
+def test_task_table_counts_each_task_once() -> None:
+    table = TaskTable(["u0", "u1", "u2"], ["P1", "P2"])
+    assert table.total == 6
+    assert table.record([row(0), row(1), row(2, ok=False)]) == 3
+    assert table.record([row(0), row(1, ok=False)]) == 0  # a retried batch: first result wins
+    assert (table.done_count, table.success_count, table.failure_count) == (3, 2, 1)
+    assert table.download_size == 200
+    assert table.failure_urls() == ["u1"]
+    assert table.fail_unfinished("timeout", "deadline") == 3
+    assert table.failure_urls() == ["u1", "u2"]
+    assert table.done_count == 6
+
+
+def test_all_failed_pops() -> None:
+    table = TaskTable(["u0", "u1"], ["P1", "P2"])
+    table.record([row(0), row(1, ok=False), row(2), row(3, ok=False)])
+    assert table.all_failed_pops() == ["P2"]
+
+
+def test_progress_arithmetic() -> None:
+    assert percentage(0, 0) == 100
+    assert percentage(2, 3) == 66
+    assert percentage(3, 3) == 100
+    assert counts(total=10, done=3, dispatched=5) == (2, 5)
+    assert counts(total=10, done=6, dispatched=5) == (0, 4)
+
+
+def test_report_has_exactly_the_failed_rows() -> None:
+    table = TaskTable(["https://a/0", "https://a/1"], ["P1", "P2"])
+    table.record([row(0), row(1, ok=False), row(2, ok=False, pop_err="connection"), row(3)])
+    frame = pd.read_csv(io.BytesIO(report_csv(table, {"BAD1-C1": "NXDOMAIN"})), keep_default_na=False)
+    assert list(frame.columns) == REPORT_COLUMNS
+    assert frame[["url", "pop", "error_class"]].values.tolist() == [
+        ["", "BAD1-C1", "pop_unavailable"],
+        ["https://a/0", "P2", "http_404"],
+        ["https://a/1", "P1", "connection"],
+    ]
+    assert frame.loc[1, "status_code"] == 404
+
+
+def test_pop_table() -> None:
+    table = TaskTable(["a", "b", "c"], ["P1", "P2"])
+    table.record([row(0, ms=10), row(2, ms=20), row(4, ms=30), row(1, ok=False)])
+    rows = {r["pop"]: r for r in pop_table(table)}
+    assert rows["P1"] == {"pop": "P1", "success": 3, "failure": 0, "bytes": 300, "p50_ms": 20.0, "p95_ms": 29.0}
+    assert rows["P2"]["failure"] == 1 and rows["P2"]["p50_ms"] is None

@@ -85,7 +85,9 @@ def _json_schema(model: type) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+            "content": {
+                "application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}
+            },
         }
     }
 

@@ -100,12 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--url", default=DEFAULT_URL, help="service base URL (PREWARM_URL)")
             cmd.add_argument("--api-key", default=None, help="x-api-key (PREWARM_API_KEY)")
 
-    try:
-        from prewarm.testbed.cli import add_testbed_commands
-    except ImportError:  # TEMP until the testbed lands
-        add_testbed_commands = None
-    if add_testbed_commands:
-        add_testbed_commands(sub)
+    from prewarm.testbed.cli import add_testbed_commands
+
+    add_testbed_commands(sub)
     return parser
 
 

@@ -33,7 +33,8 @@ STATUSES = ("IN_PROGRESS", "FINISHED", "TIMEOUT", "FAILED", "STOPPED")
 FINAL_STATUSES = frozenset(STATUSES[1:])
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 # Headers a caller may not set: they would change where or how the request is framed, not what a viewer sends.
 FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})

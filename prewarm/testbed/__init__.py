@@ -1,0 +1,16 @@
+"""Local CDN testbed that behaves like CloudFront: origin + per-POP nginx caches + DNS + CA.
+
+Used by the integration tests, the benchmarks, and by users to try the service without AWS::
+
+    with Testbed() as tb:
+        os.environ.update(tb.env())
+        ...  # warm tb.url("/obj/1kb/a") through every POP
+
+Needs Linux (all of 127.0.0.0/8 on ``lo``), nginx, dnsmasq and openssl, and root (or the right
+to bind ports 80/443).
+"""
+
+from prewarm.testbed.core import STATE_FILE, Testbed, catalog_pops, remove_state
+from prewarm.testbed.proc import TestbedError
+
+__all__ = ["STATE_FILE", "Testbed", "TestbedError", "catalog_pops", "remove_state"]

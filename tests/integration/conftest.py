@@ -31,7 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_settings(testbed: Testbed, **extra: str) -> Settings:
+def service_settings(testbed: Testbed, **extra: str) -> Settings:
     env = {
         **testbed.env(),
         "PREWARM_FETCH_TIMEOUT": "3",
@@ -59,7 +59,7 @@ def service(cdn: Testbed) -> Iterator[PrewarmClient]:
     """The whole service on a local Ray cluster, pointed at this module's testbed."""
     from prewarm.service import start_service, stop_service
 
-    base = start_service(test_settings(cdn), port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = start_service(service_settings(cdn), port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         yield PrewarmClient(base)
     finally:

@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts; importable helpers for later benchmarks)."""

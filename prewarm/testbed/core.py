@@ -1,0 +1,368 @@
+"""``Testbed``: a local CDN that behaves like CloudFront, for tests, benchmarks and trying the service.
+
+One testbed = an aiohttp origin, one nginx with a caching server block per POP, and dnsmasq, all
+on its own 127.<slot>.0.0/16 slice (see ``net``), so several testbeds can run at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+
+import prewarm
+from prewarm.testbed import ca, dnsmasq, edges, net
+from prewarm.testbed.proc import Child, TestbedError, alive, cmdline, find_binary, spawn, tail, terminate
+
+STATE_FILE = "state.json"
+START_TIMEOUT = 20.0
+_POP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+
+
+def catalog_pops() -> list[str]:
+    """Every POP code in the packaged catalogue's region and country lists, deduplicated, in order."""
+    text = resources.files("prewarm").joinpath("data/pop-catalog.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    pops: list[str] = []
+    for section in ("regions", "countries"):
+        for codes in data.get(section, {}).values():
+            pops.extend(code for code in codes if code not in pops)
+    return pops
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _wait(what: str, check: Callable[[], bool], child: Child | None, log: Path | None,
+          timeout: float = START_TIMEOUT) -> None:
+    """Poll ``check()`` until true; fail fast with the log tail if the child died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if child is not None and not alive(child.pid):
+            raise TestbedError(f"{what} exited during start:\n{tail(log) if log else ''}")
+        time.sleep(0.02)
+    raise TestbedError(f"{what} not ready after {timeout:.0f}s:\n{tail(log) if log else ''}")
+
+
+def _can_connect(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Testbed:
+    """A running (after ``start()``) local CloudFront: origin, per-POP edge caches, DNS and a CA.
+
+    Attributes filled by ``start()``: ``pop_addresses``, ``nameserver``, ``ca_file``, ``origin_url``.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, *, pops: Iterable[str] | None = None, extra_pops: Iterable[str] = (),
+                 hosts: Iterable[str] = ("www.example.com", "static.example.com"),
+                 distribution: str = "d111111abcdef8", two_address_pops: Iterable[str] = (),
+                 workdir: str | Path | None = None) -> None:
+        self.pops: list[str] = _dedupe([*(catalog_pops() if pops is None else pops), *extra_pops])
+        self.hosts: list[str] = _dedupe(h.lower().rstrip(".") for h in hosts)
+        self.distribution = distribution
+        self.two_address_pops: list[str] = _dedupe(two_address_pops)
+        if not self.pops:
+            raise ValueError("a testbed needs at least one POP")
+        bad = [p for p in self.pops if not _POP_RE.match(p)]
+        if bad:
+            raise ValueError(f"invalid POP codes: {bad}")
+        unknown = [p for p in self.two_address_pops if p not in self.pops]
+        if unknown:
+            raise ValueError(f"two_address_pops not among the POPs: {unknown}")
+        if not _POP_RE.match(distribution):
+            raise ValueError(f"invalid distribution id: {distribution!r}")
+        bad = [h for h in self.hosts if not _HOST_RE.match(h)]
+        if bad or not self.hosts:
+            raise ValueError(f"invalid or missing customer host names: {bad}")
+        self.cf_domain = f"{distribution}.cloudfront.net"
+        self._workdir_arg = Path(workdir) if workdir is not None else None
+        self.workdir: Path | None = self._workdir_arg
+        self.pop_addresses: dict[str, list[str]] = {}
+        self.nameserver = ""
+        self.ca_file = ""
+        self.origin_url = ""
+        self.slot: int | None = None
+        self._children: list[Child] = []
+        self._lease: net.SlotLease | None = None
+        self._running = False
+        self._own_workdir = False
+        self._atexit_registered = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self, *, detach: bool = False) -> Testbed:
+        """Start origin, DNS and edges (no-op if already running); returns self.
+
+        ``detach=True`` (used by ``prewarm testbed up``) leaves the processes running when this
+        Python process exits; otherwise an atexit hook stops them.
+        """
+        if self._running:
+            return self
+        missing = []
+        for tool in ("nginx", "dnsmasq", "openssl"):
+            try:
+                find_binary(tool)
+            except TestbedError as exc:
+                missing.append(str(exc))
+        if missing:
+            raise TestbedError("cannot start the testbed:\n" + "\n".join(missing))
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="prewarm-testbed-"))
+            self._own_workdir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lease = net.lease_slot(extra_check=self._slot_addresses_free)
+        try:
+            self._start_in_slot(self._lease.slot)
+        except BaseException:
+            self._stop_children()
+            self._lease.release()
+            self._lease = None
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir, self._own_workdir = None, False
+            raise
+        self._running = True
+        if not detach and not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+        return self
+
+    def _slot_addresses_free(self, slot: int) -> bool:
+        return all(net.can_bind(a, port)
+                   for i, pop in enumerate(self.pops)
+                   for a in net.pop_addresses(slot, i, 2 if pop in self.two_address_pops else 1)
+                   for port in (80, 443))
+
+    def _start_in_slot(self, slot: int) -> None:
+        assert self.workdir is not None
+        wd = self.workdir
+        self.slot = slot
+        self.pop_addresses = {pop: net.pop_addresses(slot, i, 2 if pop in self.two_address_pops else 1)
+                              for i, pop in enumerate(self.pops)}
+        origin_host = net.origin_address(slot)
+        origin_port = net.free_port(origin_host)
+        dns_host = net.dns_address(slot)
+        dns_port = net.free_port(dns_host, udp_too=True, prefer=53)
+        self.origin_url = f"http://{origin_host}:{origin_port}"
+        self.nameserver = f"{dns_host}:{dns_port}"
+
+        names = [*self.hosts, "*.cloudfront.net", self.cf_domain,
+                 *(f"*.{pop}.cloudfront.net" for pop in self.pops),
+                 *(a for addrs in self.pop_addresses.values() for a in addrs)]
+        tls = ca.make_tls(wd / "tls", names, label=f"prewarm testbed {slot}")
+        self.ca_file = str(tls.ca_cert)
+
+        prefix = wd / "nginx"
+        shutil.rmtree(prefix / "cache", ignore_errors=True)  # a reused workdir must not start warm
+        edges.prepare_dirs(prefix, self.pops)
+        nginx_conf = prefix / "nginx.conf"
+        origin_hostport = f"{origin_host}:{origin_port}"
+        nginx_conf.write_text(edges.nginx_conf(prefix, self.pops, self.pop_addresses, origin_hostport,
+                                               tls.server_cert, tls.server_key))
+        dns_conf = wd / "dnsmasq.conf"
+        dns_conf.write_text(dnsmasq.dnsmasq_conf(wd, dns_host, dns_port, self.distribution,
+                                                 self.pop_addresses, self.hosts))
+        ready = wd / "origin.ready"
+        ready.unlink(missing_ok=True)
+        env = dict(os.environ)
+        pkg_root = str(Path(prewarm.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+        origin_log = wd / "origin.log"
+        origin = spawn("origin", [sys.executable, "-m", "prewarm.testbed.origin", "--host", origin_host,
+                                  "--port", str(origin_port), "--ready-file", str(ready)],
+                       origin_log, marker=str(ready), env=env)
+        self._children.append(origin)
+        dns_log = wd / "dnsmasq.out"
+        dns_child = dnsmasq.start_dnsmasq(dns_conf, dns_log)
+        self._children.append(dns_child)
+        nginx_child = edges.start_nginx(prefix, nginx_conf)
+        self._children.append(nginx_child)
+
+        first, last = self.pop_addresses[self.pops[0]][0], self.pop_addresses[self.pops[-1]][-1]
+        nginx_log = prefix / "logs" / "error.log"
+        _wait("nginx", lambda: all(_can_connect(a, p) for a in (first, last) for p in (80, 443)),
+              nginx_child, nginx_log)
+        _wait("dnsmasq", lambda: self._dns_answers(dns_host, dns_port), dns_child, wd / "dnsmasq.log")
+        _wait("origin", ready.exists, origin, origin_log)
+
+    def _dns_answers(self, host: str, port: int) -> bool:
+        query = dns.message.make_query(self.cf_domain, "A")
+        try:
+            reply = dns.query.udp(query, host, port=port, timeout=0.2)
+        except (OSError, dns.exception.DNSException):
+            return False
+        return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
+
+    def stop(self) -> None:
+        """Stop every process this testbed started (nothing is left running); idempotent."""
+        self._stop_children()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        self._running = False
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._own_workdir = False
+            self.workdir = None
+        if self._atexit_registered:
+            atexit.unregister(self.stop)
+            self._atexit_registered = False
+
+    def _stop_children(self) -> None:
+        for child in reversed(self._children):
+            terminate(child)
+        self._children.clear()
+
+    def __enter__(self) -> Testbed:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True while started and every process is alive."""
+        return self._running and bool(self._children) and all(
+            alive(c.pid) and c.marker in cmdline(c.pid) for c in self._children)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Pid of each started process (origin, dnsmasq, nginx master)."""
+        return {c.name: c.pid for c in self._children}
+
+    # -- use -----------------------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """Environment that points the prewarm service at this testbed."""
+        return {"PREWARM_NAMESERVERS": self.nameserver, "PREWARM_CA_BUNDLE": self.ca_file,
+                "PREWARM_ALLOW_PRIVATE_EDGES": "1"}
+
+    def url(self, path: str, host: str = "www.example.com", scheme: str = "https") -> str:
+        """URL of ``path`` on a customer host (resolve it through ``nameserver`` to reach a POP)."""
+        if not path.startswith("/"):
+            path = "/" + path
+        return f"{scheme}://{host}{path}"
+
+    def pop_hostname(self, pop: str) -> str:
+        """CloudFront's per-POP name of the distribution, e.g. d111111abcdef8.ATL56-C1.cloudfront.net."""
+        return f"{self.distribution}.{pop}.cloudfront.net"
+
+    def _origin_call(self, method: str, path: str, body: Any = None) -> Any:
+        """JSON call to the origin's control API (http.client: no proxy settings apply)."""
+        if not self.origin_url:
+            raise TestbedError("testbed not started")
+        hostport = self.origin_url.removeprefix("http://")
+        conn = http.client.HTTPConnection(hostport, timeout=10)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status >= 400:
+                raise TestbedError(f"origin {method} {path}: {resp.status} {data.decode(errors='replace')}")
+            return json.loads(data)
+        finally:
+            conn.close()
+
+    def origin_counts(self) -> dict[str, Any]:
+        """``{"requests": [{"method", "path", "edge", "count"}, ...], "total": N}`` from the origin."""
+        result: dict[str, Any] = self._origin_call("GET", "/_control/counts")
+        return result
+
+    def add_fault(self, rule: dict[str, Any]) -> None:
+        """Install an origin fault rule (see ``prewarm.testbed.origin.Rule`` for the keys)."""
+        self._origin_call("POST", "/_control/faults", rule)
+
+    def reset(self) -> None:
+        """Purge every POP cache and clear the origin's counters and fault rules.
+
+        The second purge catches a cache file that nginx renamed into place just after the
+        first one (nginx may finish writing it right after the client got the last byte).
+        """
+        if self.workdir is None:
+            raise TestbedError("testbed not started")
+        edges.purge(self.workdir / "nginx", self.pops)
+        self._origin_call("POST", "/_control/reset")
+        edges.purge(self.workdir / "nginx", self.pops)
+
+    # -- state (shared with ``prewarm testbed up/down``) ----------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to use or stop this testbed from another process."""
+        return {
+            "version": 1, "workdir": str(self.workdir), "slot": self.slot, "pops": self.pops,
+            "hosts": self.hosts, "distribution": self.distribution,
+            "two_address_pops": self.two_address_pops, "cf_domain": self.cf_domain,
+            "pop_addresses": self.pop_addresses, "nameserver": self.nameserver, "ca_file": self.ca_file,
+            "origin_url": self.origin_url, "env": self.env(),
+            "processes": [{"name": c.name, "pid": c.pid, "marker": c.marker} for c in self._children],
+        }
+
+    def save_state(self, path: str | Path | None = None) -> Path:
+        """Write ``state.json`` into ``path`` (default: the workdir); returns the file."""
+        directory = Path(path) if path is not None else self.workdir
+        if directory is None:
+            raise TestbedError("testbed not started")
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / STATE_FILE
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        tmp.replace(target)
+        return target
+
+    @classmethod
+    def from_state_dir(cls, path: str | Path) -> Testbed:
+        """Attach to a testbed started elsewhere (e.g. by ``prewarm testbed up``); ``stop()`` works."""
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+        tb = cls(pops=state["pops"], hosts=state["hosts"], distribution=state["distribution"],
+                 two_address_pops=state["two_address_pops"], workdir=state["workdir"])
+        tb.slot = state["slot"]
+        tb.pop_addresses = {k: list(v) for k, v in state["pop_addresses"].items()}
+        tb.nameserver, tb.ca_file, tb.origin_url = state["nameserver"], state["ca_file"], state["origin_url"]
+        tb._children = [Child(p["name"], int(p["pid"]), p["marker"]) for p in state["processes"]]
+        tb._running = True
+        return tb
+
+
+def remove_state(path: str | Path) -> None:
+    """Delete a state dir's state file and the files a testbed generated there."""
+    directory = Path(path)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    for name in ("nginx", "tls"):
+        shutil.rmtree(directory / name, ignore_errors=True)
+    for name in ("dnsmasq.conf", "dnsmasq.log", "dnsmasq.out", "origin.log", "origin.ready"):
+        (directory / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()

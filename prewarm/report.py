@@ -23,7 +23,19 @@ REPORT_COLUMNS = [
 
 def failures_frame(table: TaskTable) -> pd.DataFrame:
     """One row per failed (URL, POP), in task order."""
-    ids = table.failed_task_ids()
+    return tasks_frame(table, table.failed_task_ids())
+
+
+def results_frame(table: TaskTable) -> pd.DataFrame:
+    """One row per finished (URL, POP), successes included, with an ``ok`` column: for analysis."""
+    ids = np.flatnonzero(table.done)
+    frame = tasks_frame(table, ids)
+    frame.insert(2, "ok", table.ok[ids])
+    return frame
+
+
+def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
+    """The report columns for the given task ids."""
     n_pops = len(table.pops) or 1
     urls = np.asarray(table.urls, dtype=object)
     pops = np.asarray(table.pops, dtype=object)

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import pandas as pd
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.models import FINAL_STATUSES, fmt_time, utcnow
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
-from prewarm.report import pop_table, report_csv
+from prewarm.report import pop_table, report_csv, results_frame
 
 STATE_ACTOR_NAME = "prewarm-state"
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
@@ -189,6 +190,13 @@ class State:
         if job.report is not None:
             return job.report
         return report_csv(job.table or TaskTable(job.urls, []), job.pop_failures)
+
+    def results(self, req_id: str) -> pd.DataFrame | None:
+        """Every finished (URL, POP) of a job with its outcome, as a DataFrame (for notebooks)."""
+        job = self._get(req_id)
+        if job is None:
+            return None
+        return results_frame(job.table or TaskTable(job.urls, []))
 
     def list_jobs(self) -> list[dict[str, Any]]:
         return [p for req_id in list(self.jobs) if (p := self.progress(req_id))]

@@ -75,31 +75,46 @@ class Coordinator:
         return status  # not reached
 
     async def _work(self) -> tuple[str, str]:
+        """Plan (or, after a restart, pick up) the job and drive its tasks to the end."""
         req = self.request
         resolver = Resolver(self.settings.nameservers, self.settings.dns_timeout_s)
+        point = await self.state.resume_point.remote(self.req_id)
+        if point["final"]:
+            return "FINISHED", ""  # closed already (stopped, or by an earlier run); finish() keeps that
+        planned: list[str] | None = point["pops"]
         resolved = await resolver.pop_addresses(
-            self.cf_domain, req.target_pops(), self.settings.allow_private_edges
+            self.cf_domain, planned if planned is not None else req.target_pops(), self.settings.allow_private_edges
         )
-        pops = [r for r in resolved if not r.problem]
         failures = {r.pop: r.problem or "" for r in resolved if r.problem}
-        if not pops:
-            await self.state.set_plan.remote(self.req_id, [], failures, 0)
-            raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
-                            + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
-
-        await self._start_fetchers()
-        await self.state.set_phase.remote(self.req_id, "probing")
-        sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, len(pops))
-        total_size = sum(sizes.values()) * len(pops)
-        await self.state.set_plan.remote(
-            self.req_id, [p.pop for p in pops], failures, total_size, probe_rows
-        )
+        if planned is None:
+            pops = [r for r in resolved if not r.problem]
+            if not pops:
+                await self.state.set_plan.remote(self.req_id, [], failures, 0)
+                raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
+                                + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
+            await self._start_fetchers()
+            await self.state.set_phase.remote(self.req_id, "probing")
+            sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, len(pops))
+            await self.state.set_plan.remote(
+                self.req_id, [p.pop for p in pops], failures, sum(sizes.values()) * len(pops), probe_rows
+            )
+            point = await self.state.resume_point.remote(self.req_id)
+        else:
+            # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
+            log.warning("job %s: resuming with %d tasks left", self.req_id, len(point["pending"]))
+            pops = resolved
+            await self._start_fetchers()
+            lost = [i for i, r in enumerate(resolved) if r.problem]
+            if lost:
+                rows = [(int(t), 0, "", "", 0, 0, 0.0, "dns", failures[resolved[int(t) % len(pops)].pop])
+                        for t in point["pending"] if int(t) % len(pops) in lost]
+                await self.state.record.remote(self.req_id, rows)
+                point = await self.state.resume_point.remote(self.req_id)
         await self.state.set_phase.remote(self.req_id, "warming")
-        skip = {row[0] // len(pops) for row in probe_rows}
-        url_indices = [i for i in range(len(req.url_list)) if i not in skip]
-        lanes = plan_lanes(url_indices, len(pops), len(self.fetchers))
-        addresses = [p.addresses for p in pops]
+        self.dispatched = point["done"]
+        lanes = plan_lanes(point["pending"], len(pops), len(self.fetchers))
         names = [p.pop for p in pops]
+        addresses = [p.addresses for p in pops]
         ticker = asyncio.create_task(self._report_dispatched())
         try:
             await asyncio.gather(*(self._drive(lane, names, addresses) for lane in lanes))
@@ -122,18 +137,18 @@ class Coordinator:
             ])
         candidates = interleave_by_node(by_node)
         started: list[Any] = []
-        node_ids: set[str] = set()
+        node_ids: list[str] = []
         refs = [f.node_id.remote() for f in candidates]
         for fetcher, ref in zip(candidates, refs, strict=True):
             try:
-                node_ids.add(await asyncio.wait_for(asyncio.wrap_future(ref.future()), FETCHER_START_TIMEOUT_S))
+                node_ids.append(await asyncio.wait_for(asyncio.wrap_future(ref.future()), FETCHER_START_TIMEOUT_S))
                 started.append(fetcher)
             except (TimeoutError, GetTimeoutError, RayActorError):
                 ray.kill(fetcher)
         if not started:
             raise JobFailed("no fetcher could be started on the cluster")
         self.fetchers = started
-        await self.state.set_nodes.remote(self.req_id, len(node_ids))
+        await self.state.set_nodes.remote(self.req_id, node_ids)
 
     async def _probe(self, pop: str, addresses: list[str], n_pops: int) -> tuple[dict[int, int], list[ResultRow]]:
         """HEAD every URL through one POP: sizes for ``total_size``; 4xx URLs are failed on every POP."""
@@ -219,7 +234,9 @@ class Coordinator:
             await asyncio.sleep(0.5)
 
 
-CoordinatorActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=100)(Coordinator)
+# Restarted by Ray if its process dies (run() is retried and resumes from the state actor); a stop kills it
+# for good with no_restart.
+CoordinatorActor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3, max_concurrency=100)(Coordinator)
 
 
 def start_job(req_id: str, request: PrewarmRequest, cf_domain: str, deadline: float, settings: Settings) -> None:

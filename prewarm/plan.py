@@ -17,26 +17,32 @@ class Lane:
     owner: int
 
 
-def plan_lanes(url_indices: Sequence[int], n_pops: int, n_fetchers: int) -> list[Lane]:
-    """Split the work so every fetcher gets lanes and every POP is spread evenly over fetchers.
+def plan_lanes(task_ids: Sequence[int], n_pops: int, n_fetchers: int) -> list[Lane]:
+    """Split the tasks so every fetcher gets lanes and every POP is spread evenly over fetchers.
 
-    With at least as many POPs as fetchers, a lane is a whole POP; otherwise each POP's URLs are cut
-    into enough shares to give every fetcher work.
+    With at least as many POPs as fetchers, a lane is a POP's whole share of the tasks; otherwise each
+    POP's URLs are cut into enough shares to give every fetcher work. ``task_ids`` may be any subset
+    (a resumed job plans only what is left).
     """
     if n_fetchers < 1:
         raise ValueError("need at least one fetcher")
-    urls = tuple(url_indices)
-    if not urls or n_pops == 0:
+    if n_pops == 0:
         return []
-    shares = max(1, min(len(urls), math.ceil(n_fetchers / n_pops)))
-    size = math.ceil(len(urls) / shares)
+    per_pop: list[list[int]] = [[] for _ in range(n_pops)]
+    for task in sorted(task_ids):
+        per_pop[task % n_pops].append(task // n_pops)
+    active = [p for p in range(n_pops) if per_pop[p]]
+    if not active:
+        return []
+    shares = max(1, math.ceil(n_fetchers / len(active)))
     lanes: list[Lane] = []
     for share in range(shares):
-        part = urls[share * size : (share + 1) * size]
-        if not part:
-            continue
-        for pop in range(n_pops):
-            lanes.append(Lane(len(lanes), pop, part, owner=len(lanes) % n_fetchers))
+        for pop in active:
+            urls = per_pop[pop]
+            size = math.ceil(len(urls) / shares)
+            part = tuple(urls[share * size : (share + 1) * size])
+            if part:
+                lanes.append(Lane(len(lanes), pop, part, owner=len(lanes) % n_fetchers))
     return lanes
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -43,6 +44,7 @@ class Job:
     total_size: int = 0
     dispatched: int = 0
     nodes_used: int = 0
+    node_ids: list[str] = field(default_factory=list)
     report: bytes | None = None
 
     @property
@@ -73,8 +75,10 @@ class State:
 
     def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], total_size: int,
                  probe_failures: list[ResultRow] | None = None) -> None:
-        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs."""
+        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only."""
         job = self.jobs[req_id]
+        if job.table is not None or job.final:
+            return
         job.table = TaskTable(job.urls, pops)
         job.pop_failures = dict(pop_failures)
         job.total_size = total_size
@@ -82,12 +86,25 @@ class State:
             job.table.record(probe_failures)
         job.touch()
 
-    def set_nodes(self, req_id: str, nodes_used: int) -> None:
-        self.jobs[req_id].nodes_used = nodes_used
+    def set_nodes(self, req_id: str, node_ids: list[str]) -> None:
+        job = self.jobs[req_id]
+        job.node_ids = list(node_ids)
+        job.nodes_used = len(set(node_ids))
+
+    def nodes(self, req_id: str) -> list[str]:
+        """The node ids of the job's fetchers (one entry per fetcher)."""
+        return list(self.jobs[req_id].node_ids)
 
     def dispatched(self, req_id: str, total_dispatched: int) -> None:
+        self.jobs[req_id].dispatched = total_dispatched
+
+    def resume_point(self, req_id: str) -> dict[str, Any]:
+        """What a (re)started coordinator needs: is the job over, its POPs if planned, the tasks left."""
         job = self.jobs[req_id]
-        job.dispatched = max(job.dispatched, total_dispatched)
+        if job.final or job.table is None:
+            return {"final": job.final, "pops": None, "pending": None, "done": 0}
+        pending = np.flatnonzero(~job.table.done)
+        return {"final": False, "pops": list(job.table.pops), "pending": pending, "done": job.table.done_count}
 
     def record(self, req_id: str, rows: list[ResultRow]) -> int:
         """Results of one batch; ignored once the job is final (a late batch after a timeout)."""

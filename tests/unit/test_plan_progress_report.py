@@ -11,7 +11,7 @@ from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
 
 def test_lanes_cover_every_task_once() -> None:
     for n_urls, n_pops, n_fetchers in [(10, 3, 2), (7, 1, 4), (100, 16, 6), (1, 2, 8), (5, 5, 5)]:
-        lanes = plan_lanes(range(n_urls), n_pops, n_fetchers)
+        lanes = plan_lanes(range(n_urls * n_pops), n_pops, n_fetchers)
         tasks = [t for lane in lanes for batch in lane_batches(lane, n_pops, 3) for t in batch]
         assert sorted(tasks) == list(range(n_urls * n_pops))
         assert all(0 <= lane.owner < n_fetchers for lane in lanes)
@@ -21,14 +21,15 @@ def test_lanes_cover_every_task_once() -> None:
 def test_every_fetcher_gets_work_and_pops_spread_evenly() -> None:
     lanes = plan_lanes(range(100), 1, 4)  # one POP, four fetchers: four shares of the URLs
     assert sorted(lane.owner for lane in lanes) == [0, 1, 2, 3]
-    lanes = plan_lanes(range(10), 8, 4)  # eight POPs over four fetchers: two each
+    lanes = plan_lanes(range(80), 8, 4)  # eight POPs over four fetchers: two each
     assert Counter(lane.owner for lane in lanes) == {0: 2, 1: 2, 2: 2, 3: 2}
 
 
-def test_skipped_urls_are_not_planned() -> None:
-    lanes = plan_lanes([0, 2], 2, 1)
+def test_only_the_given_tasks_are_planned() -> None:
+    lanes = plan_lanes([0, 1, 4, 5, 7], 2, 1)
     tasks = sorted(t for lane in lanes for b in lane_batches(lane, 2, 10) for t in b)
-    assert tasks == [0, 1, 4, 5]
+    assert tasks == [0, 1, 4, 5, 7]
+    assert plan_lanes([], 2, 3) == []
 
 
 def test_interleave_by_node() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -25,7 +26,7 @@ from prewarm.plan import Lane, interleave_by_node, lane_batches, plan_lanes
 from prewarm.progress import ResultRow
 from prewarm.resolve import Resolver
 from prewarm.settings import Settings
-from prewarm.state import get_state_actor
+from prewarm.state import coordinator_name, get_state_actor
 
 log = logging.getLogger("prewarm.coordinator")
 
@@ -33,8 +34,9 @@ FETCHER_START_TIMEOUT_S = 60.0
 BATCHES_IN_FLIGHT_PER_LANE = 2
 
 
-def coordinator_name(req_id: str) -> str:
-    return f"prewarm-coordinator-{req_id}"
+def fetcher_name(req_id: str, suffix: str) -> str:
+    """Named so operators (and tests) can find a job's fetchers: ``prewarm-fetcher-<req_id>-...``."""
+    return f"prewarm-fetcher-{req_id}-{suffix}"
 
 
 class JobFailed(Exception):
@@ -127,13 +129,15 @@ class Coordinator:
         nodes = await asyncio.to_thread(ray.nodes)
         slots = choose_nodes(nodes, self.request.instance_count, self.settings.fetchers_per_node, self.req_id)
         by_node: list[list[Any]] = []
-        for slot in slots:
+        generation = uuid.uuid4().hex[:6]  # a restarted coordinator's fetchers get new names
+        for n, slot in enumerate(slots):
             strategy = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
             by_node.append([
-                FetcherActor.options(scheduling_strategy=strategy).remote(
-                    self.req_id, self.settings, self.request.header
-                )
-                for _ in range(slot.fetchers)
+                FetcherActor.options(
+                    scheduling_strategy=strategy, name=fetcher_name(self.req_id, f"{generation}-{n}-{i}"),
+                    namespace=self.settings.namespace,
+                ).remote(self.req_id, self.settings, self.request.header)
+                for i in range(slot.fetchers)
             ])
         candidates = interleave_by_node(by_node)
         started: list[Any] = []

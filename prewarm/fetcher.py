@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import ray
 
@@ -24,6 +25,9 @@ class Fetcher:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def _client(self, pop: str, addresses: list[str]) -> PopClient:
         client = self._clients.get(pop)

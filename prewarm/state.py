@@ -23,6 +23,8 @@ from prewarm.report import pop_table, report_csv, results_frame
 STATE_ACTOR_NAME = "prewarm-state"
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
 DEADLINE_GRACE = timedelta(seconds=30)
+# A job with no news for this long has its coordinator's liveness checked.
+STALE_AFTER = timedelta(seconds=5)
 
 STOP_ERRORS = {"TIMEOUT": "timeout", "STOPPED": "stopped", "FAILED": "job_failed"}
 
@@ -39,6 +41,7 @@ class Job:
     phase: str = "resolving"
     error_message: str = ""
     last_update: datetime = field(default_factory=utcnow)
+    last_liveness_check: datetime = field(default_factory=utcnow)
     table: TaskTable | None = None
     pop_failures: dict[str, str] = field(default_factory=dict)
     total_size: int = 0
@@ -58,7 +61,8 @@ class Job:
 class State:
     """All jobs of the cluster; plain methods, run one at a time by the actor."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = "prewarm") -> None:
+        self.namespace = namespace
         self.jobs: dict[str, Job] = {}
         self.desired_capacity = 0
 
@@ -141,8 +145,16 @@ class State:
     # -- read by the API -------------------------------------------------------------------------
     def _get(self, req_id: str) -> Job | None:
         job = self.jobs.get(req_id)
-        if job is not None and not job.final and utcnow() > job.timeout_at + DEADLINE_GRACE:
+        if job is None or job.final:
+            return job
+        now = utcnow()
+        if now > job.timeout_at + DEADLINE_GRACE:
             self.finish(req_id, "TIMEOUT", "the job's coordinator did not close it by its deadline")
+        elif now - job.last_update > STALE_AFTER and now - job.last_liveness_check > STALE_AFTER:
+            # Quiet for a while: make sure somebody still drives it, so none stays IN_PROGRESS forever.
+            job.last_liveness_check = now
+            if not coordinator_alive(req_id, self.namespace):
+                self.finish(req_id, "FAILED", "the job's coordinator died and could not be restarted")
         return job
 
     def exists(self, req_id: str) -> bool:
@@ -244,4 +256,17 @@ def get_state_actor(namespace: str = "prewarm") -> ray.actor.ActorHandle:
     head = head_node_id()
     if head is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
-    return StateActor.options(**options).remote()
+    return StateActor.options(**options).remote(namespace)
+
+
+def coordinator_alive(req_id: str, namespace: str) -> bool:
+    """Whether the job's coordinator actor exists (alive or being restarted)."""
+    try:
+        ray.get_actor(coordinator_name(req_id), namespace=namespace)
+    except ValueError:
+        return False
+    return True
+
+
+def coordinator_name(req_id: str) -> str:
+    return f"prewarm-coordinator-{req_id}"

@@ -10,14 +10,19 @@ from typing import Any
 
 
 class ApiError(Exception):
+    """The service answered with an HTTP error; keeps the status and the decoded body for callers."""
+
     def __init__(self, status: int, body: Any) -> None:
         message = body.get("error_message") if isinstance(body, dict) else body
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
+        self.message = str(message)
 
 
 class PrewarmClient:
+    """One method per API call; ``x-api-key`` sent when given, every request bounded by ``timeout_s``."""
+
     def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
                  timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -25,6 +30,7 @@ class PrewarmClient:
         self.timeout_s = timeout_s
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        """JSON in, JSON (or raw bytes for non-JSON answers) out; HTTP errors become ApiError."""
         url = self.base_url + path
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})

@@ -73,8 +73,10 @@ class Coordinator:
         for fetcher in self.fetchers:
             with contextlib.suppress(Exception):
                 ray.kill(fetcher)
-        ray.actor.exit_actor()
-        return status  # not reached
+        # Leave once this call has returned: a clean exit that Ray neither restarts nor retries.
+        me = ray.get_runtime_context().current_actor
+        asyncio.get_running_loop().call_later(0.5, lambda: ray.kill(me, no_restart=True))
+        return status
 
     async def _work(self) -> tuple[str, str]:
         """Plan (or, after a restart, pick up) the job and drive its tasks to the end."""
@@ -84,6 +86,7 @@ class Coordinator:
         if point["final"]:
             return "FINISHED", ""  # closed already (stopped, or by an earlier run); finish() keeps that
         planned: list[str] | None = point["pops"]
+        starting = asyncio.create_task(self._start_fetchers())  # actor start-up overlaps DNS resolution
         resolved = await resolver.pop_addresses(
             self.cf_domain, planned if planned is not None else req.target_pops(), self.settings.allow_private_edges
         )
@@ -94,7 +97,7 @@ class Coordinator:
                 await self.state.set_plan.remote(self.req_id, [], failures, 0)
                 raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
                                 + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
-            await self._start_fetchers()
+            await starting
             await self.state.set_phase.remote(self.req_id, "probing")
             sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, len(pops))
             await self.state.set_plan.remote(
@@ -105,7 +108,7 @@ class Coordinator:
             # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
             log.warning("job %s: resuming with %d tasks left", self.req_id, len(point["pending"]))
             pops = resolved
-            await self._start_fetchers()
+            await starting
             lost = [i for i, r in enumerate(resolved) if r.problem]
             if lost:
                 rows = [(int(t), 0, "", "", 0, 0, 0.0, "dns", failures[resolved[int(t) % len(pops)].pop])

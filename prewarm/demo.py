@@ -7,13 +7,25 @@ import os
 import socket
 import ssl
 import sys
-import time
 from urllib.parse import urlsplit
 
 from prewarm.client import PrewarmClient
-from prewarm.models import FINAL_STATUSES
+from prewarm.progressbar import format_summary, watch
 
 DEMO_POPS = ["ATL56-C1", "SIN2-C1", "DFW55-C3"]
+DEMO_ASSETS = 200  # enough (URL, POP) pairs that the progress bar has something to show
+SIZES = ("1kb", "2kb", "4kb", "8kb", "16kb", "32kb")
+KINDS = (("css", "css"), ("js", "js"), ("img", "png"), ("img", "jpg"), ("fonts", "woff2"))
+MISSING_PATH = "/fault/status/404/missing.js"  # one URL the origin does not have: shows a failure row
+
+
+def demo_paths(count: int = DEMO_ASSETS) -> list[str]:
+    """The spec example's two pages, then small static assets of mixed sizes, then one 404."""
+    paths = ["/obj/16kb/index.html", "/obj/4kb/css/bootstrap-icons.css"]
+    for i in range(count - len(paths)):
+        folder, ext = KINDS[i % len(KINDS)]
+        paths.append(f"/obj/{SIZES[i % len(SIZES)]}/{folder}/asset-{i:03d}.{ext}")
+    return [*paths, MISSING_PATH]
 
 
 def edge_x_cache(address: str, url: str, ca_file: str) -> str:
@@ -35,6 +47,7 @@ def edge_x_cache(address: str, url: str, ca_file: str) -> str:
 
 
 def run_demo(port: int = 8000) -> int:
+    """Run the demo; 0 when the job FINISHED (the planted 404 is expected to fail, and is shown)."""
     from prewarm.service import start_service, stop_service
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
@@ -46,45 +59,29 @@ def run_demo(port: int = 8000) -> int:
         base = start_service(Settings.from_env(), port=port)
         try:
             client = PrewarmClient(base)
-            urls = [
-                testbed.url("/obj/16kb/index.html"),
-                testbed.url("/obj/4kb/css/bootstrap-icons.css"),
-                testbed.url("/obj/256kb/img/hero.jpg"),
-                testbed.url("/fault/status/404/missing.js"),
-            ]
+            urls = [testbed.url(p) for p in demo_paths()]
             request = {
                 "url_list": urls, "cf_domain": "www.example.com", "target_type": "pop",
                 "countries": [], "regions": [], "pops": DEMO_POPS, "timeout": 5, "header": [],
                 "instance_count": 1, "need_invalidate": False,
             }
-            print(f"POST {base}/prewarm: {len(urls)} URLs x {len(DEMO_POPS)} POPs", flush=True)
+            print(f"POST {base}/prewarm: {len(urls)} URLs x {len(DEMO_POPS)} POPs "
+                  f"(one of them, {MISSING_PATH}, is missing at the origin on purpose)", flush=True)
             accepted = client.prewarm(request)
             req_id = accepted["request_id"]
             print(f"accepted: request_id={req_id} timeout_at={accepted['timeout_at']}", flush=True)
-            while True:
-                p = client.progress(req_id)
-                print(f"  {p['status']:<11} {p['phase']:<9} {p['download_count']}/{p['total_count']} "
-                      f"({p['percentage_complete']}%) ok={p['success_count']} failed={p['failure_count']} "
-                      f"bytes={p['download_size']}", flush=True)
-                if p["status"] in FINAL_STATUSES:
-                    break
-                time.sleep(0.5)
+            sys.stdout.flush()
+            progress = watch(client, req_id, stream=sys.stderr, poll_s=0.25, deadline_s=5 * 60 + 60)
             summary = client.summary(req_id)
-            print("summary:")
-            for key in ("status", "failure_pops", "failure_urls", "failure_pop_urls_report",
-                        "success_count", "failure_count"):
-                print(f"  {key}: {summary[key]}")
-            print("  per POP:")
-            for row in summary["pops"]:
-                print(f"    {row['pop']:<10} ok={row['success']} failed={row['failure']} bytes={row['bytes']} "
-                      f"p50={row['p50_ms']}ms p95={row['p95_ms']}ms")
-            print("report CSV:")
+            print("\nsummary:")
+            print(format_summary(summary))
+            print(f"\nreport CSV ({summary['failure_pop_urls_report']}):")
             sys.stdout.write(client.report(req_id).decode())
-            print("edge caches afterwards (GET through each POP):")
+            print("\nedge caches afterwards (GET through each POP, X-Cache of the first three URLs):")
             for pop in DEMO_POPS:
                 address = testbed.pop_addresses[pop][0]
                 states = [edge_x_cache(address, u, testbed.ca_file) for u in urls[:3]]
                 print(f"  {pop:<10} {states}")
-            return 0 if summary["status"] == "FINISHED" else 1
+            return 0 if progress["status"] == "FINISHED" else 1
         finally:
             stop_service()

@@ -119,7 +119,7 @@ class PopClient:
                 sock_connect=self._settings.connect_timeout_s,
             )
             session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, auto_decompress=False,
+                connector=connector, timeout=timeout, auto_decompress=False, headers=self._headers,
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),
             )
             self._sessions[address] = session
@@ -150,14 +150,13 @@ class PopClient:
     async def _once(self, url: str, method: str, address: str) -> FetchResult:
         result = FetchResult(address=address)
         try:
-            async with self._session(address).request(
-                method, url, headers=self._headers, allow_redirects=False
-            ) as resp:
+            async with self._session(address).request(method, url, allow_redirects=False) as resp:
                 result.status = resp.status
                 result.x_cache = resp.headers.get("X-Cache", "")
                 result.content_length = resp.content_length
                 if method != "HEAD":
-                    async for chunk in resp.content.iter_chunked(1 << 16):
+                    content = resp.content  # counted as it arrives, never stored
+                    while chunk := await content.readany():
                         result.nbytes += len(chunk)
                     if resp.content_length is not None and result.nbytes != resp.content_length:
                         return _failed(result, "truncated", f"{result.nbytes} of {resp.content_length} bytes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 
 import ray
 
@@ -41,13 +42,17 @@ class Fetcher:
     ) -> int:
         """Fetch every task of the batch, hand the results to the state actor, return how many."""
         client = self._client(pop, addresses)
+        queue = deque(tasks)
+        rows: list[ResultRow] = []
 
-        async def one(task_id: int, url: str) -> ResultRow:
-            r = await client.fetch(url, "GET", deadline)
-            return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts,
-                    round(r.elapsed_ms, 1), r.error_class, r.error_message)
+        async def worker() -> None:  # a few long-lived workers: cheaper than a task per URL
+            while queue:
+                task_id, url = queue.popleft()
+                r = await client.fetch(url, "GET", deadline)
+                rows.append((task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts,
+                             round(r.elapsed_ms, 1), r.error_class, r.error_message))
 
-        rows = list(await asyncio.gather(*(one(t, u) for t, u in tasks)))
+        await asyncio.gather(*(worker() for _ in range(min(len(tasks), self._settings.max_concurrency))))
         await self._state.record.remote(self._req_id, rows)
         return len(rows)
 

@@ -109,7 +109,7 @@ http {{
         listens = "".join(f"        listen {a}:{http_port};\n        listen {a}:{https_port} ssl;\n"
                           for a in pop_addresses[pop])
         lines.append(f"""
-    proxy_cache_path {cache} keys_zone=tb_{i}:1m max_size=1g inactive=7d use_temp_path=off;
+    proxy_cache_path {cache} keys_zone=tb_{i}:16m max_size=1g inactive=7d use_temp_path=off;
     server {{
 {listens}        server_name _;
         location /_control/ {{ return 404; }}

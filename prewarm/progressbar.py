@@ -1,0 +1,167 @@
+"""Terminal output shared by ``prewarm submit --watch`` and the demo: a live progress bar and the summary table.
+
+The bar redraws in place (``\\r``) on a terminal and writes one plain line every few seconds otherwise,
+so CI logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from prewarm.client import PrewarmClient
+from prewarm.models import FINAL_STATUSES
+
+LOG_INTERVAL_S = 5.0  # one line this often when the stream is not a terminal
+RATE_WINDOW_S = 10.0  # the rate is measured over this much recent history, so it follows changes
+MAX_LISTED = 20  # failure URLs shown in the summary table before "... and N more"
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float | None) -> str:
+    """Seconds as H:MM:SS, or '--:--' when unknown."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def render(progress: dict[str, Any], rate: float | None, width: int = 24) -> str:
+    """One line: bar, done/total, percent, rate, bytes, failures, ETA and status/phase."""
+    total = int(progress.get("total_count") or 0)
+    done = int(progress.get("download_count") or 0)
+    fraction = done / total if total else (1.0 if progress.get("status") in FINAL_STATUSES else 0.0)
+    filled = min(width, int(fraction * width))  # floor: a full bar only when everything is done
+    bar = "#" * filled + "." * (width - filled)
+    eta = (total - done) / rate if rate and total > done else (0.0 if total and done >= total else None)
+    rate_text = f"{rate:.1f}/s" if rate is not None else "-/s"
+    return (
+        f"[{bar}] {done}/{total} {fraction * 100:3.0f}% {rate_text} "
+        f"{human_bytes(progress.get('download_size') or 0)} failed={progress.get('failure_count', 0)} "
+        f"ETA {human_duration(eta)} {progress.get('status', '?')}/{progress.get('phase', '?')}"
+    )
+
+
+class ProgressBar:
+    """Draws progress dicts on ``stream``; feed it with ``update`` and end with ``close``."""
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None,
+                 log_interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self._isatty(self.stream) if tty is None else tty
+        self.log_interval_s = log_interval_s
+        self.clock = clock
+        self.samples: deque[tuple[float, int]] = deque()
+        self.last_log: float | None = None
+        self.last_width = 0
+
+    @staticmethod
+    def _isatty(stream: TextIO) -> bool:
+        try:
+            return stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def rate(self) -> float | None:
+        """Tasks per second over the recent window (None until there are two samples a moment apart)."""
+        if len(self.samples) < 2:
+            return None
+        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 else None
+
+    def update(self, progress: dict[str, Any], *, force: bool = False) -> None:
+        now = self.clock()
+        self.samples.append((now, int(progress.get("download_count") or 0)))
+        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
+            self.samples.popleft()
+        line = render(progress, self.rate())
+        if self.tty:
+            pad = " " * max(0, self.last_width - len(line))
+            self.stream.write("\r" + line + pad)
+            self.last_width = len(line)
+        elif force or self.last_log is None or now - self.last_log >= self.log_interval_s:
+            self.stream.write(line + "\n")
+            self.last_log = now
+        self.stream.flush()
+
+    def close(self, progress: dict[str, Any]) -> None:
+        """Draw the final state once more and end the line."""
+        self.update(progress, force=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class WatchTimeout(Exception):
+    """The job was still running when the watcher's own deadline passed."""
+
+
+def watch(client: PrewarmClient, req_id: str, *, stream: TextIO | None = None, tty: bool | None = None,
+          poll_s: float = 0.5, deadline_s: float | None = None) -> dict[str, Any]:
+    """Poll a job's progress until it ends, drawing the bar; returns the last progress.
+
+    ``deadline_s`` bounds the wait (the service closes every job by its own deadline, so this only
+    matters when the service stops answering properly); reaching it raises WatchTimeout.
+    """
+    bar = ProgressBar(stream, tty=tty)
+    give_up = None if deadline_s is None else time.monotonic() + deadline_s
+    while True:
+        progress = client.progress(req_id)
+        if progress["status"] in FINAL_STATUSES:
+            bar.close(progress)
+            return progress
+        bar.update(progress)
+        if give_up is not None and time.monotonic() > give_up:
+            bar.close(progress)
+            raise WatchTimeout(f"job {req_id} still {progress['status']} after {deadline_s:.0f} s of watching")
+        time.sleep(poll_s)
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in
+                         enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as text: status line, per-POP table, failing POPs and URLs, and the report's URL."""
+    ok, failed = summary.get("success_count", 0), summary.get("failure_count", 0)
+    lines = [f"request {summary.get('request_id', '?')}: {summary.get('status', '?')}, "
+             f"{ok} succeeded, {failed} failed"]
+    if summary.get("error_message"):
+        lines.append(f"error: {summary['error_message']}")
+    rows = [
+        [r["pop"], str(r["success"]), str(r["failure"]), human_bytes(r["bytes"]),
+         "-" if r.get("p50_ms") is None else f"{r['p50_ms']:.1f}",
+         "-" if r.get("p95_ms") is None else f"{r['p95_ms']:.1f}"]
+        for r in summary.get("pops") or []
+    ]
+    if rows:
+        lines += ["", *_table(["POP", "ok", "failed", "bytes", "p50 ms", "p95 ms"], rows, {1, 2, 3, 4, 5})]
+    if summary.get("failure_pops"):
+        lines += ["", f"failed POPs: {', '.join(summary['failure_pops'])}"]
+    failure_urls = summary.get("failure_urls") or []
+    if failure_urls:
+        lines += ["", f"failed URLs ({len(failure_urls)}):"]
+        lines += [f"  {u}" for u in failure_urls[:MAX_LISTED]]
+        if len(failure_urls) > MAX_LISTED:
+            lines.append(f"  ... and {len(failure_urls) - MAX_LISTED} more")
+    if summary.get("failure_pop_urls_report"):
+        lines += ["", f"report: {summary['failure_pop_urls_report']}"]
+    return "\n".join(lines)

@@ -131,7 +131,7 @@ def validate_prewarm(raw: Any, settings: Settings) -> PrewarmRequest:
 class PrewarmIngress:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.state = get_state_actor(settings.namespace)
+        self.state = get_state_actor(settings)
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)
 
     async def _state(self, method: str, *args: Any) -> Any:

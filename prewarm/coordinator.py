@@ -51,7 +51,7 @@ class Coordinator:
         self.cf_domain = cf_domain
         self.deadline = deadline
         self.settings = settings
-        self.state = get_state_actor(settings.namespace)
+        self.state = get_state_actor(settings)
         self.fetchers: list[Any] = []
         self.dead: set[int] = set()
         self.dispatched = 0

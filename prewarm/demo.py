@@ -75,7 +75,7 @@ def run_demo(port: int = 8000) -> int:
             summary = client.summary(req_id)
             print("\nsummary:")
             print(format_summary(summary))
-            print(f"\nreport CSV ({summary['failure_pop_urls_report']}):")
+            print("\nreport CSV:")
             sys.stdout.write(client.report(req_id).decode())
             print("\nedge caches afterwards (GET through each POP, X-Cache of the first three URLs):")
             for pop in DEMO_POPS:

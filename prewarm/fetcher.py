@@ -22,7 +22,7 @@ class Fetcher:
         self._settings = settings
         self._headers = headers
         self._clients: dict[str, PopClient] = {}
-        self._state = get_state_actor(settings.namespace)
+        self._state = get_state_actor(settings)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

@@ -29,7 +29,7 @@ def plan_lanes(task_ids: Sequence[int], n_pops: int, n_fetchers: int) -> list[La
     if n_pops == 0:
         return []
     per_pop: list[list[int]] = [[] for _ in range(n_pops)]
-    for task in sorted(task_ids):
+    for task in sorted(int(t) for t in task_ids):
         per_pop[task % n_pops].append(task // n_pops)
     active = [p for p in range(n_pops) if per_pop[p]]
     if not active:

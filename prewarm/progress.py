@@ -88,10 +88,12 @@ class TaskTable:
         self.done_count += added
         return added
 
-    def fail_unfinished(self, error_class: str, message: str) -> int:
-        """Close every task not yet done as a failure (job timeout, stop or failure)."""
+    def fail_unfinished(self, error_class: str, message: str) -> list[ResultRow]:
+        """Close every task not yet done as a failure (job timeout, stop or failure); returns those rows."""
         pending = np.flatnonzero(~self.done)
-        return self.record((int(t), 0, "", "", 0, 0, 0.0, error_class, message) for t in pending)
+        rows: list[ResultRow] = [(int(t), 0, "", "", 0, 0, 0.0, error_class, message) for t in pending]
+        self.record(rows)
+        return rows
 
     def failed_task_ids(self) -> np.ndarray:
         return np.flatnonzero(self.done & ~self.ok)

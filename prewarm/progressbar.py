@@ -153,7 +153,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         for r in summary.get("pops") or []
     ]
     if rows:
-        lines += ["", *_table(["POP", "ok", "failed", "bytes", "p50 ms", "p95 ms"], rows, {1, 2, 3, 4, 5})]
+        lines += ["", *_table(["POP", "success", "failure", "bytes", "p50 ms", "p95 ms"], rows, {1, 2, 3, 4, 5})]
     if summary.get("failure_pops"):
         lines += ["", f"failed POPs: {', '.join(summary['failure_pops'])}"]
     failure_urls = summary.get("failure_urls") or []

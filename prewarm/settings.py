@@ -29,6 +29,7 @@ class Settings:
     allow_private_edges: bool = False
     state_dir: str = field(default_factory=lambda: str(Path.home() / ".prewarm"))
     namespace: str = "prewarm"
+    persist: bool = True
     max_urls: int = 100_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_url_length: int = 2048
@@ -64,6 +65,7 @@ class Settings:
             allow_private_edges=_flag(env.get("PREWARM_ALLOW_PRIVATE_EDGES")),
             state_dir=env.get("PREWARM_STATE_DIR") or base.state_dir,
             namespace=env.get("PREWARM_NAMESPACE") or base.namespace,
+            persist=_flag(env.get("PREWARM_PERSIST", "1")),
             max_urls=int(num("PREWARM_MAX_URLS", base.max_urls)),
             max_body_bytes=int(num("PREWARM_MAX_BODY_BYTES", base.max_body_bytes)),
             max_url_length=int(num("PREWARM_MAX_URL_LENGTH", base.max_url_length)),

@@ -6,9 +6,10 @@ results in batches; the API reads progress and summaries from here, so those sta
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from prewarm.models import FINAL_STATUSES, fmt_time, utcnow
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
 from prewarm.report import pop_table, report_csv, results_frame
+from prewarm.settings import Settings
+from prewarm.store import Store
 
 STATE_ACTOR_NAME = "prewarm-state"
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
@@ -61,21 +64,41 @@ class Job:
 class State:
     """All jobs of the cluster; plain methods, run one at a time by the actor."""
 
-    def __init__(self, namespace: str = "prewarm") -> None:
+    def __init__(self, namespace: str = "prewarm", state_dir: str | None = None) -> None:
         self.namespace = namespace
         self.jobs: dict[str, Job] = {}
         self.desired_capacity = 0
+        self.store = Store(state_dir)
+        self._reload()
+
+    # -- durability ------------------------------------------------------------------------------
+    def _persist(self, job: Job, urls: bool = False) -> None:
+        self.store.save_job(job.req_id, job_meta(job), job.urls if urls else None)
+
+    def _reload(self) -> None:
+        """Rebuild every stored job; a running job whose coordinator is gone ends FAILED with the reason."""
+        for req_id, meta, urls, rows in self.store.jobs():
+            job = job_from_meta(req_id, meta, urls)
+            if meta.get("pops") is not None:
+                job.table = TaskTable(urls, meta["pops"])
+                job.table.record(rows)
+            self.jobs[req_id] = job
+            if not job.final and not coordinator_alive(req_id, self.namespace):
+                self.finish(req_id, "FAILED", "the service restarted while the job was running; it did not resume")
 
     # -- written by the API and the coordinators -------------------------------------------
     def create_job(self, req_id: str, urls: list[str], target_pops: list[str], cf_domain: str,
                    created_at: datetime, timeout_at: datetime) -> None:
-        self.jobs[req_id] = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at)
+        job = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at)
+        self.jobs[req_id] = job
+        self._persist(job, urls=True)
 
     def set_phase(self, req_id: str, phase: str) -> None:
         job = self.jobs[req_id]
         if not job.final:
             job.phase = phase
             job.touch()
+            self._persist(job)
 
     def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], total_size: int,
                  probe_failures: list[ResultRow] | None = None) -> None:
@@ -88,12 +111,15 @@ class State:
         job.total_size = total_size
         if probe_failures:
             job.table.record(probe_failures)
+            self.store.save_results(req_id, probe_failures)
         job.touch()
+        self._persist(job)
 
     def set_nodes(self, req_id: str, node_ids: list[str]) -> None:
         job = self.jobs[req_id]
         job.node_ids = list(node_ids)
         job.nodes_used = len(set(node_ids))
+        self._persist(job)
 
     def nodes(self, req_id: str) -> list[str]:
         """The node ids of the job's fetchers (one entry per fetcher)."""
@@ -116,6 +142,8 @@ class State:
         if job is None or job.final or job.table is None:
             return 0
         added = job.table.record(rows)
+        if added:
+            self.store.save_results(req_id, rows)
         job.touch()
         return added
 
@@ -128,12 +156,15 @@ class State:
             job.table = TaskTable(job.urls, job.target_pops)
         if status != "FINISHED" or job.table.done_count < job.table.total:
             reason = STOP_ERRORS.get(status, "unfinished")
-            job.table.fail_unfinished(reason, error_message or reason)
+            self.store.save_results(req_id, job.table.fail_unfinished(reason, error_message or reason))
         job.status = status
         job.phase = "done"
         job.error_message = error_message
         job.touch()
-        job.report = report_csv(job.table, job.pop_failures)
+        csv = report_csv(job.table, job.pop_failures)
+        if self.store.save_report(req_id, csv) is None:
+            job.report = csv  # no store: keep it in memory
+        self._persist(job)
         return job.status
 
     def set_desired_capacity(self, value: int) -> None:
@@ -216,8 +247,10 @@ class State:
         job = self._get(req_id)
         if job is None:
             return None
-        if job.report is not None:
-            return job.report
+        if job.final:
+            stored = job.report or self.store.load_report(req_id)
+            if stored is not None:
+                return stored
         return report_csv(job.table or TaskTable(job.urls, []), job.pop_failures)
 
     def results(self, req_id: str) -> pd.DataFrame | None:
@@ -233,8 +266,34 @@ class State:
     def ping(self) -> float:
         return time.time()
 
+    def pid(self) -> int:
+        return os.getpid()
 
-StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(State)
+
+def job_meta(job: Job) -> dict[str, Any]:
+    return {
+        "target_pops": job.target_pops, "cf_domain": job.cf_domain,
+        "created_at": job.created_at.timestamp(), "timeout_at": job.timeout_at.timestamp(),
+        "status": job.status, "phase": job.phase, "error_message": job.error_message,
+        "last_update": job.last_update.timestamp(), "pops": None if job.table is None else job.table.pops,
+        "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
+    }
+
+
+def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
+    def when(key: str) -> datetime:
+        return datetime.fromtimestamp(meta[key], UTC)
+
+    job = Job(req_id, urls, meta["target_pops"], meta["cf_domain"], when("created_at"), when("timeout_at"),
+              status=meta["status"], phase=meta["phase"], error_message=meta["error_message"],
+              last_update=when("last_update"), pop_failures=meta["pop_failures"], total_size=meta["total_size"],
+              node_ids=meta["node_ids"], nodes_used=len(set(meta["node_ids"])))
+    return job
+
+
+# Restarted after a crash (it reloads from the store), and calls in flight are retried against the new
+# process: a result batch is applied once, since finished tasks ignore repeats.
+StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(State)
 
 
 def head_node_id() -> str | None:
@@ -244,8 +303,9 @@ def head_node_id() -> str | None:
     return None
 
 
-def get_state_actor(namespace: str = "prewarm") -> ray.actor.ActorHandle:
+def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
     """The cluster's state actor, created on the head node on first use (detached: it outlives us)."""
+    namespace = settings.namespace
     try:
         return ray.get_actor(STATE_ACTOR_NAME, namespace=namespace)
     except ValueError:
@@ -256,7 +316,8 @@ def get_state_actor(namespace: str = "prewarm") -> ray.actor.ActorHandle:
     head = head_node_id()
     if head is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
-    return StateActor.options(**options).remote(namespace)
+    state_dir = settings.state_dir if settings.persist else None
+    return StateActor.options(**options).remote(namespace, state_dir)
 
 
 def coordinator_alive(req_id: str, namespace: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -37,6 +38,7 @@ def service_settings(testbed: Testbed, **extra: str) -> Settings:
         "PREWARM_FETCH_TIMEOUT": "3",
         "PREWARM_BACKOFF_BASE": "0.05",
         "PREWARM_NAMESPACE": f"prewarm-test-{uuid.uuid4().hex[:8]}",
+        "PREWARM_STATE_DIR": tempfile.mkdtemp(prefix="prewarm-state-"),
         **extra,
     }
     return Settings.from_env(env)

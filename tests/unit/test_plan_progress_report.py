@@ -66,7 +66,7 @@ def test_task_table_counts_each_task_once() -> None:
     assert (table.done_count, table.success_count, table.failure_count) == (3, 2, 1)
     assert table.download_size == 200
     assert table.failure_urls() == ["u1"]
-    assert table.fail_unfinished("timeout", "deadline") == 3
+    assert [r[0] for r in table.fail_unfinished("timeout", "deadline")] == [3, 4, 5]
     assert table.failure_urls() == ["u1", "u2"]
     assert table.done_count == 6
 

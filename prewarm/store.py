@@ -1,0 +1,117 @@
+"""Durable job storage: SQLite under PREWARM_STATE_DIR, written in batches by the state actor.
+
+What is stored is enough to rebuild every job after a crash or a cluster restart: the request, the
+plan (resolved POPs and POP failures), every per-task result, and the final CSV report (also written
+to ``reports/<req_id>.csv`` atomically, so a crash never leaves half a file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prewarm.progress import ResultRow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    req_id TEXT PRIMARY KEY,
+    meta TEXT NOT NULL,
+    urls TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    req_id TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    status INTEGER, x_cache TEXT, address TEXT, bytes INTEGER, attempts INTEGER,
+    elapsed_ms REAL, error_class TEXT, error_message TEXT,
+    PRIMARY KEY (req_id, task_id)
+) WITHOUT ROWID;
+"""
+
+
+class Store:
+    """One SQLite file; ``None`` as the directory keeps nothing (used to measure persistence's cost)."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.directory = Path(directory) if directory else None
+        self._db: sqlite3.Connection | None = None
+        if self.directory is not None:
+            (self.directory / "reports").mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.directory / "prewarm.sqlite3", check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+            self._db.executescript(SCHEMA)
+
+    @property
+    def enabled(self) -> bool:
+        return self._db is not None
+
+    def save_job(self, req_id: str, meta: dict[str, Any], urls: list[str] | None = None) -> None:
+        """Insert or update a job's metadata; ``urls`` only on the first write."""
+        if self._db is None:
+            return
+        with self._db:
+            if urls is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO jobs (req_id, meta, urls) VALUES (?, ?, ?)",
+                    (req_id, json.dumps(meta), json.dumps(urls)),
+                )
+            else:
+                self._db.execute("UPDATE jobs SET meta = ? WHERE req_id = ?", (json.dumps(meta), req_id))
+
+    def save_results(self, req_id: str, rows: Iterable[ResultRow]) -> None:
+        """One transaction per batch of results (the unit fetchers report in)."""
+        if self._db is None:
+            return
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((req_id, int(row[0]), *row[1:]) for row in rows),
+            )
+
+    def save_report(self, req_id: str, csv: bytes) -> Path | None:
+        """Write the CSV report atomically (temp file, fsync, rename)."""
+        if self.directory is None:
+            return None
+        target = self.directory / "reports" / f"{req_id}.csv"
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{req_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(csv)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def load_report(self, req_id: str) -> bytes | None:
+        if self.directory is None:
+            return None
+        path = self.directory / "reports" / f"{req_id}.csv"
+        return path.read_bytes() if path.exists() else None
+
+    def jobs(self) -> Iterator[tuple[str, dict[str, Any], list[str], list[ResultRow]]]:
+        """Every stored job with its results, oldest first."""
+        if self._db is None:
+            return
+        for req_id, meta, urls in self._db.execute("SELECT req_id, meta, urls FROM jobs").fetchall():
+            rows = [
+                tuple(r)
+                for r in self._db.execute(
+                    "SELECT task_id, status, x_cache, address, bytes, attempts, elapsed_ms, error_class, "
+                    "error_message FROM results WHERE req_id = ? ORDER BY task_id",
+                    (req_id,),
+                )
+            ]
+            yield req_id, json.loads(meta), json.loads(urls), rows  # type: ignore[misc]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from prewarm.store import Store
+
+
+def test_jobs_and_results_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save_job("a", {"status": "IN_PROGRESS"}, ["u0", "u1"])
+    failed = (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope")
+    store.save_results("a", [failed, (0, 200, "Hit", "x", 5, 1, 1.0, "", "")])
+    store.save_results("a", [(0, 500, "", "", 0, 3, 0.0, "http_500", "dup")])  # a repeat is ignored
+    store.save_job("a", {"status": "FINISHED"})
+    store.close()
+    [(req_id, meta, urls, rows)] = list(Store(tmp_path).jobs())
+    assert (req_id, meta, urls) == ("a", {"status": "FINISHED"}, ["u0", "u1"])
+    assert rows == [(0, 200, "Hit", "x", 5, 1, 1.0, "", ""), (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope")]
+
+
+def test_report_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path)
+    store.save_report("r", b"url,pop\n")
+    assert store.load_report("r") == b"url,pop\n"
+
+    def crash(*_: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.save_report("r", b"url,pop\nhalf")
+    assert store.load_report("r") == b"url,pop\n"  # the old file stands whole
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["r.csv"]  # no temp file left
+
+
+def test_disabled_store_keeps_nothing() -> None:
+    store = Store(None)
+    store.save_job("a", {}, [])
+    store.save_results("a", [])
+    assert store.save_report("a", b"x") is None and list(store.jobs()) == []

@@ -2,6 +2,7 @@
 
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -81,6 +82,30 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return _error(503, f"service temporarily unavailable: {type(exc).__name__}: {str(exc)[:300]}")
 
 
+# Set by the ingress from its settings; read by the middleware. Both go through module-level functions, which
+# Serve's frozen copies of the app and of the ingress class resolve by reference, so they share this global.
+_api_keys: tuple[bytes, ...] = ()
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def set_api_keys(keys: tuple[str, ...]) -> None:
+    global _api_keys
+    _api_keys = tuple(k.encode() for k in keys)
+
+
+@api.middleware("http")
+async def _authenticate(request: Request, call_next: Any) -> Any:
+    """With PREWARM_API_KEYS set, every path but /healthz needs a valid ``x-api-key`` (constant-time check)."""
+    if _api_keys and request.url.path not in OPEN_PATHS:
+        given = request.headers.get("x-api-key", "").encode()
+        valid = False
+        for key in _api_keys:  # compare with every key: the time taken does not tell which matched
+            valid |= hmac.compare_digest(given, key)
+        if not valid:
+            return _error(403, "missing or invalid x-api-key header")
+    return await call_next(request)
+
+
 def _json_schema(model: type) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -130,6 +155,7 @@ def validate_prewarm(raw: Any, settings: Settings) -> PrewarmRequest:
 @serve.ingress(api)
 class PrewarmIngress:
     def __init__(self, settings: Settings) -> None:
+        set_api_keys(settings.api_keys)
         self.settings = settings
         self.state = get_state_actor(settings)
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)

@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from prewarm.cluster import choose_nodes
 from prewarm.fetcher import FetcherActor
 from prewarm.models import PrewarmRequest
-from prewarm.plan import Lane, interleave_by_node, lane_batches, plan_lanes
+from prewarm.plan import Lane, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
 from prewarm.progress import ResultRow
 from prewarm.resolve import Resolver
 from prewarm.settings import Settings
@@ -120,9 +120,10 @@ class Coordinator:
         lanes = plan_lanes(point["pending"], len(pops), len(self.fetchers))
         names = [p.pop for p in pops]
         addresses = [p.addresses for p in pops]
+        limits = per_fetcher_limits(lanes, len(pops), req.max_concurrency or self.settings.max_concurrency)
         ticker = asyncio.create_task(self._report_dispatched())
         try:
-            await asyncio.gather(*(self._drive(lane, names, addresses) for lane in lanes))
+            await asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.pop_index]) for lane in lanes))
         finally:
             ticker.cancel()
         return "FINISHED", ""
@@ -162,8 +163,10 @@ class Coordinator:
         urls = self.request.url_list
         size = self.settings.batch_size
         chunks = [[(i, urls[i]) for i in range(s, min(s + size, len(urls)))] for s in range(0, len(urls), size)]
+        cap = self.request.max_concurrency or self.settings.max_concurrency
+        limit = max(1, cap // len(self.fetchers))  # every fetcher probes through this one POP
         results = await self._spread(
-            lambda fetcher, chunk: fetcher.probe_batch.remote(pop, addresses, chunk, self.deadline), chunks
+            lambda fetcher, chunk: fetcher.probe_batch.remote(pop, addresses, chunk, self.deadline, limit), chunks
         )
         sizes: dict[int, int] = {}
         rows: list[ResultRow] = []
@@ -204,7 +207,7 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 ray.kill(self.fetchers[index])
 
-    async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]]) -> None:
+    async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]], limit: int) -> None:
         """Feed a lane's batches to its owner, a few in flight; on the owner's death, to a survivor."""
         n_pops = len(pops)
         urls = self.request.url_list
@@ -216,7 +219,7 @@ class Coordinator:
                 batch = pending.popleft()
                 tasks = [(t, urls[t // n_pops]) for t in batch]
                 ref = self.fetchers[owner].fetch_batch.remote(
-                    pops[lane.pop_index], addresses[lane.pop_index], tasks, self.deadline
+                    pops[lane.pop_index], addresses[lane.pop_index], tasks, self.deadline, limit
                 )
                 inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
                 self.dispatched += len(batch)

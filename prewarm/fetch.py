@@ -94,7 +94,8 @@ def backoff_delay(attempt: int, base: float, retry_after: float | None, cap: flo
 class PopClient:
     """Keep-alive connection pools to one POP, with a cap on concurrent fetches through it."""
 
-    def __init__(self, pop: str, addresses: list[str], settings: Settings, headers: dict[str, str]) -> None:
+    def __init__(self, pop: str, addresses: list[str], settings: Settings, headers: dict[str, str],
+                 limit: int | None = None) -> None:
         self.pop = pop
         self.addresses = list(addresses)
         self._settings = settings
@@ -102,7 +103,8 @@ class PopClient:
         self._ssl = ssl_context(settings.ca_bundle)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._next = 0
-        self.limit = asyncio.Semaphore(max(1, settings.max_concurrency))
+        self.concurrency = max(1, limit or settings.max_concurrency)
+        self.limit = asyncio.Semaphore(self.concurrency)
 
     def _session(self, address: str) -> aiohttp.ClientSession:
         session = self._sessions.get(address)

@@ -21,7 +21,7 @@ class Fetcher:
         self._req_id = req_id
         self._settings = settings
         self._headers = headers
-        self._clients: dict[str, PopClient] = {}
+        self._clients: dict[tuple[str, int], PopClient] = {}
         self._state = get_state_actor(settings)
 
     def node_id(self) -> str:
@@ -30,18 +30,22 @@ class Fetcher:
     def pid(self) -> int:
         return os.getpid()
 
-    def _client(self, pop: str, addresses: list[str]) -> PopClient:
-        client = self._clients.get(pop)
+    def _client(self, pop: str, addresses: list[str], limit: int) -> PopClient:
+        """The pool for a POP at a concurrency cap (the probe and the warm-up may use different caps)."""
+        client = self._clients.get((pop, limit))
         if client is None or client.addresses != addresses:
-            client = PopClient(pop, addresses, self._settings, self._headers)
-            self._clients[pop] = client
+            client = PopClient(pop, addresses, self._settings, self._headers, limit)
+            self._clients[(pop, limit)] = client
         return client
 
     async def fetch_batch(
-        self, pop: str, addresses: list[str], tasks: list[tuple[int, str]], deadline: float
+        self, pop: str, addresses: list[str], tasks: list[tuple[int, str]], deadline: float, limit: int
     ) -> int:
-        """Fetch every task of the batch, hand the results to the state actor, return how many."""
-        client = self._client(pop, addresses)
+        """Fetch every task of the batch, hand the results to the state actor, return how many.
+
+        ``limit`` is this fetcher's share of the job's per-POP concurrency cap.
+        """
+        client = self._client(pop, addresses, limit)
         queue = deque(tasks)
         rows: list[ResultRow] = []
 
@@ -52,15 +56,15 @@ class Fetcher:
                 rows.append((task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts,
                              round(r.elapsed_ms, 1), r.error_class, r.error_message))
 
-        await asyncio.gather(*(worker() for _ in range(min(len(tasks), self._settings.max_concurrency))))
+        await asyncio.gather(*(worker() for _ in range(min(len(tasks), client.concurrency))))
         await self._state.record.remote(self._req_id, rows)
         return len(rows)
 
     async def probe_batch(
-        self, pop: str, addresses: list[str], items: list[tuple[int, str]], deadline: float
+        self, pop: str, addresses: list[str], items: list[tuple[int, str]], deadline: float, limit: int
     ) -> list[ProbeRow]:
         """HEAD each URL through one POP: its size, or the 4xx that spares sending it to every POP."""
-        return await probe_urls(self._client(pop, addresses), items, deadline)
+        return await probe_urls(self._client(pop, addresses, limit), items, deadline)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)

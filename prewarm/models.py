@@ -28,6 +28,7 @@ from prewarm.targets import TargetError, expand_targets
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 MAX_TIMEOUT_MINUTES = 24 * 60
 MAX_INSTANCES = 300
+MAX_CONCURRENCY = 1024
 HARD_MAX_URL_LENGTH = 8192
 STATUSES = ("IN_PROGRESS", "FINISHED", "TIMEOUT", "FAILED", "STOPPED")
 FINAL_STATUSES = frozenset(STATUSES[1:])
@@ -170,6 +171,11 @@ class PrewarmRequest(BaseModel):
     header: Annotated[dict[str, str], BeforeValidator(parse_headers)] = Field(
         default_factory=dict, description="Extra request headers: ['Name: Value'] or {name: value}."
     )
+    max_concurrency: Integer | None = Field(
+        default=None,
+        description=f"Cap on concurrent fetches per POP for this job (1..{MAX_CONCURRENCY}); "
+        "default PREWARM_MAX_CONCURRENCY.",
+    )
 
     @field_validator("url_list")
     @classmethod
@@ -202,6 +208,13 @@ class PrewarmRequest(BaseModel):
     @classmethod
     def _target_type(cls, value: str) -> str:
         return value.strip().lower()
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _concurrency(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_CONCURRENCY:
+            raise ValueError(f"must be between 1 and {MAX_CONCURRENCY}")
+        return value
 
     @field_validator("instance_count")
     @classmethod

@@ -59,3 +59,11 @@ def interleave_by_node(fetchers_by_node: Sequence[Sequence[object]]) -> list[obj
     for row in range(max((len(f) for f in fetchers_by_node), default=0)):
         out.extend(f[row] for f in fetchers_by_node if row < len(f))
     return out
+
+
+def per_fetcher_limits(lanes: Sequence[Lane], n_pops: int, max_concurrency: int) -> list[int]:
+    """Each POP's concurrency cap split over the fetchers that hold its lanes (at least 1 each)."""
+    holders: list[set[int]] = [set() for _ in range(n_pops)]
+    for lane in lanes:
+        holders[lane.pop_index].add(lane.owner)
+    return [max(1, max_concurrency // max(1, len(h))) for h in holders]

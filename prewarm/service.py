@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -17,7 +18,13 @@ log = logging.getLogger("prewarm.service")
 
 def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
                   ray_init_kwargs: dict[str, Any] | None = None) -> str:
-    """Connect to (or start) Ray, start Serve on host:port, deploy the app; returns the base URL."""
+    """Connect to (or start) Ray, start Serve on host:port, deploy the app; returns the base URL.
+
+    Without PREWARM_API_KEYS the API has no authentication, so it may only listen on loopback.
+    """
+    if not settings.api_keys and not is_loopback(host):
+        raise ValueError(f"refusing to listen on {host} without PREWARM_API_KEYS: the API would be open to "
+                         "anyone who can reach it; set PREWARM_API_KEYS or listen on 127.0.0.1")
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"namespace": settings.namespace, "log_to_driver": False}
         if address:
@@ -30,6 +37,13 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def stop_service() -> None:

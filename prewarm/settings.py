@@ -24,6 +24,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 class Settings:
     """Service configuration; ``from_env`` is the only reader of the environment."""
 
+    api_keys: tuple[str, ...] = ()
     nameservers: tuple[str, ...] = ()
     ca_bundle: str | None = None
     allow_private_edges: bool = False
@@ -60,6 +61,7 @@ class Settings:
                 raise ValueError(f"setting {name}={raw!r} is not a valid {kind.__name__}") from exc
 
         return cls(
+            api_keys=_csv(env.get("PREWARM_API_KEYS")),
             nameservers=_csv(env.get("PREWARM_NAMESERVERS")),
             ca_bundle=env.get("PREWARM_CA_BUNDLE") or None,
             allow_private_edges=_flag(env.get("PREWARM_ALLOW_PRIVATE_EDGES")),
@@ -83,3 +85,7 @@ class Settings:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def __repr__(self) -> str:  # never print API keys into logs
+        shown = {**asdict(self), "api_keys": f"<{len(self.api_keys)} key(s)>"}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

@@ -285,3 +285,29 @@ def test_health_and_openapi(service: PrewarmClient) -> None:
     assert {"/prewarm", "/summary", "/instances", "/healthz"} <= set(spec["paths"])
     assert "url_list" in str(spec["paths"]["/prewarm"]["post"]["requestBody"])
     assert b"swagger" in service.call("GET", "/docs").lower()
+
+
+def test_max_concurrency_caps_fetches_per_pop(service: PrewarmClient, cdn: Testbed) -> None:
+    cdn.reset()
+    urls = [cdn.url(f"/fault/delay/400/cap-{i}") for i in range(8)]
+    progress = wait_final(service, service.prewarm(
+        request_body(urls, pops=["DFW55-C3"], max_concurrency=2, timeout=2))["request_id"])
+    assert progress["status"] == "FINISHED" and progress["success_count"] == 8
+    elapsed = (datetime.strptime(progress["last_update_time"], TIME_FORMAT)
+               - datetime.strptime(progress["created_at"], TIME_FORMAT))
+    # 8 probes then nothing left to fetch (the probe's POP is the only one): 8 x 0.4 s over 2 connections.
+    assert elapsed >= timedelta(seconds=1.5), elapsed
+    status, answer = post_error(service, {**GOOD, "max_concurrency": 0})
+    assert status == 400 and "field 'max_concurrency'" in answer["error_message"]
+
+
+def test_redirects_are_not_followed(service: PrewarmClient, cdn: Testbed) -> None:
+    cdn.reset()
+    url = cdn.url("/fault/status/302/moved")
+    req_id = service.prewarm(request_body([url], pops=["ATL56-C1", "DFW55-C3"]))["request_id"]
+    assert wait_final(service, req_id)["failure_count"] == 2
+    rows = report_rows(service, req_id)
+    assert set(rows["error_class"]) == {"http_302"} and set(rows["attempts"]) == {1}
+    # The probe (a HEAD, a GET at the origin) and one GET per POP; a 302 is not cached; nothing else requested.
+    assert origin_gets(cdn) == {("/fault/status/302/moved", "ATL56-C1"): 2, ("/fault/status/302/moved", "DFW55-C3"): 1}
+    assert cdn.origin_counts()["total"] == 3

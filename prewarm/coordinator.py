@@ -82,6 +82,8 @@ class Coordinator:
         """Plan (or, after a restart, pick up) the job and drive its tasks to the end."""
         req = self.request
         resolver = Resolver(self.settings.nameservers, self.settings.dns_timeout_s)
+        while not await self.state.admit.remote(self.req_id):  # queued behind other jobs; the deadline holds
+            await asyncio.sleep(0.25)
         point = await self.state.resume_point.remote(self.req_id)
         if point["final"]:
             return "FINISHED", ""  # closed already (stopped, or by an earlier run); finish() keeps that

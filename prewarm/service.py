@@ -29,7 +29,8 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         kwargs: dict[str, Any] = {"namespace": settings.namespace, "log_to_driver": False}
         if address:
             kwargs["address"] = address
-        else:
+        else:  # a new local cluster, never one that happens to be running on this machine already
+            kwargs["address"] = "local"
             kwargs.setdefault("include_dashboard", False)
         kwargs.update(ray_init_kwargs or {})
         ray.init(**kwargs)

@@ -43,6 +43,7 @@ class Settings:
     max_concurrency: int = 32
     batch_size: int = 256
     fetchers_per_node: int = 0  # 0: the node's CPU count
+    max_active_jobs: int = 4
     probe_concurrency: int = 64
     default_max_capacity: int = 300
 
@@ -80,6 +81,7 @@ class Settings:
             max_concurrency=int(num("PREWARM_MAX_CONCURRENCY", base.max_concurrency)),
             batch_size=int(num("PREWARM_BATCH_SIZE", base.batch_size)),
             fetchers_per_node=int(num("PREWARM_FETCHERS_PER_NODE", base.fetchers_per_node)),
+            max_active_jobs=int(num("PREWARM_MAX_ACTIVE_JOBS", base.max_active_jobs)),
             probe_concurrency=int(num("PREWARM_PROBE_CONCURRENCY", base.probe_concurrency)),
         )
 

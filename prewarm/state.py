@@ -6,6 +6,7 @@ results in batches; the API reads progress and summaries from here, so those sta
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from prewarm.settings import Settings
 from prewarm.store import Store
 
 STATE_ACTOR_NAME = "prewarm-state"
+log = logging.getLogger("prewarm.state")
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
 DEADLINE_GRACE = timedelta(seconds=30)
 # A job with no news for this long has its coordinator's liveness checked.
@@ -41,7 +43,7 @@ class Job:
     created_at: datetime
     timeout_at: datetime
     status: str = "IN_PROGRESS"
-    phase: str = "resolving"
+    phase: str = "queued"
     error_message: str = ""
     last_update: datetime = field(default_factory=utcnow)
     last_liveness_check: datetime = field(default_factory=utcnow)
@@ -64,8 +66,9 @@ class Job:
 class State:
     """All jobs of the cluster; plain methods, run one at a time by the actor."""
 
-    def __init__(self, namespace: str = "prewarm", state_dir: str | None = None) -> None:
+    def __init__(self, namespace: str = "prewarm", state_dir: str | None = None, max_active_jobs: int = 4) -> None:
         self.namespace = namespace
+        self.max_active_jobs = max(1, max_active_jobs)
         self.jobs: dict[str, Job] = {}
         self.desired_capacity = 0
         self.store = Store(state_dir)
@@ -78,10 +81,14 @@ class State:
     def _reload(self) -> None:
         """Rebuild every stored job; a running job whose coordinator is gone ends FAILED with the reason."""
         for req_id, meta, urls, rows in self.store.jobs():
-            job = job_from_meta(req_id, meta, urls)
-            if meta.get("pops") is not None:
-                job.table = TaskTable(urls, meta["pops"])
-                job.table.record(rows)
+            try:
+                job = job_from_meta(req_id, meta, urls)
+                if meta.get("pops") is not None:
+                    job.table = TaskTable(urls, meta["pops"])
+                    job.table.record(r for r in rows if isinstance(r[0], int))
+            except (KeyError, TypeError, ValueError) as exc:  # a damaged record must not keep the service down
+                log.error("job %s could not be reloaded from the store and is skipped: %s", req_id, exc)
+                continue
             self.jobs[req_id] = job
             if not job.final and not coordinator_alive(req_id, self.namespace):
                 self.finish(req_id, "FAILED", "the service restarted while the job was running; it did not resume")
@@ -92,6 +99,25 @@ class State:
         job = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at)
         self.jobs[req_id] = job
         self._persist(job, urls=True)
+
+    def admit(self, req_id: str) -> bool:
+        """Let a job start fetching if fewer than ``max_active_jobs`` are; otherwise it stays queued.
+
+        Each active job holds fetcher processes on the cluster: the cap keeps a burst of requests from
+        starting hundreds of processes at once.
+        """
+        job = self.jobs[req_id]
+        if job.final:
+            return True
+        if job.phase != "queued":
+            return True
+        active = sum(1 for j in self.jobs.values() if not j.final and j.phase != "queued")
+        if active >= self.max_active_jobs:
+            return False
+        job.phase = "resolving"
+        job.touch()
+        self._persist(job)
+        return True
 
     def set_phase(self, req_id: str, phase: str) -> None:
         job = self.jobs[req_id]
@@ -317,7 +343,7 @@ def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
     if head is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
     state_dir = settings.state_dir if settings.persist else None
-    return StateActor.options(**options).remote(namespace, state_dir)
+    return StateActor.options(**options).remote(namespace, state_dir, settings.max_active_jobs)
 
 
 def coordinator_alive(req_id: str, namespace: str) -> bool:

@@ -37,7 +37,10 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    url = start_service(Settings.from_env(), args.host, args.port, args.address)
+    try:
+        url = start_service(Settings.from_env(), args.host, args.port, args.address)
+    except ValueError as exc:  # a bad setting, or a public address without PREWARM_API_KEYS
+        raise UsageError(str(exc)) from None
     print(f"prewarm service listening on {url} (OpenAPI at {url}/docs); Ctrl-C stops it", flush=True)
     stop.wait()
     print("shutting down", flush=True)

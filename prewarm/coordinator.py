@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.cluster import choose_nodes
 from prewarm.fetcher import FetcherActor
+from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
 from prewarm.plan import Lane, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
 from prewarm.progress import ResultRow
@@ -69,7 +70,9 @@ class Coordinator:
         except Exception as exc:
             log.exception("job %s failed", self.req_id)
             status, message = "FAILED", f"{type(exc).__name__}: {exc}"
-        await self.state.finish.remote(self.req_id, status, message)
+        final = await self.state.finish.remote(self.req_id, status, message)
+        record_job_end(final)
+        log.info("job %s ended %s %s", self.req_id, final, message)
         for fetcher in self.fetchers:
             with contextlib.suppress(Exception):
                 ray.kill(fetcher)

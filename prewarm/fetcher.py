@@ -9,6 +9,7 @@ from collections import deque
 import ray
 
 from prewarm.fetch import PopClient
+from prewarm.metrics import record_batch
 from prewarm.progress import ResultRow
 from prewarm.settings import Settings
 from prewarm.state import get_state_actor
@@ -58,6 +59,7 @@ class Fetcher:
 
         await asyncio.gather(*(worker() for _ in range(min(len(tasks), client.concurrency))))
         await self._state.record.remote(self._req_id, rows)
+        record_batch(pop, rows)
         return len(rows)
 
     async def probe_batch(

@@ -1,0 +1,66 @@
+"""Metrics reach Ray's Prometheus endpoint: fetches by POP and outcome, bytes, latency, jobs by status."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from prewarm.client import PrewarmClient
+from prewarm.testbed import Testbed
+
+from .conftest import RAY_TEST_KWARGS, free_port, request_body, service_settings, wait_final
+
+
+@pytest.fixture(scope="module")
+def metered(cdn: Testbed) -> Iterator[tuple[PrewarmClient, int]]:
+    from prewarm.service import start_service, stop_service
+
+    port = free_port()
+    base = start_service(service_settings(cdn), port=free_port(),
+                         ray_init_kwargs={**RAY_TEST_KWARGS, "_metrics_export_port": port})
+    try:
+        yield PrewarmClient(base), port
+    finally:
+        stop_service()
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_fetch_and_job_metrics_are_exported(metered: tuple[PrewarmClient, int], cdn: Testbed) -> None:
+    client, port = metered
+    cdn.reset()
+    urls = [cdn.url(f"/obj/2kb/metric-{i}") for i in range(5)] + [cdn.url("/fault/status/500/broken")]
+    req_id = client.prewarm(request_body(urls, pops=["DFW55-C3", "ATL56-C1"]))["request_id"]
+    assert wait_final(client, req_id)["success_count"] == 10
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        text = scrape(port)
+        if (sample(text, "ray_prewarm_fetches_total", pop="DFW55-C3", outcome="ok") == 5
+                and sample(text, "ray_prewarm_jobs_total", status="FINISHED") >= 1):
+            break
+        time.sleep(1)
+    for pop in ("DFW55-C3", "ATL56-C1"):
+        assert sample(text, "ray_prewarm_fetches_total", pop=pop, outcome="ok") == 5
+        assert sample(text, "ray_prewarm_fetches_total", pop=pop, outcome="http_500") == 1
+        assert sample(text, "ray_prewarm_bytes_total", pop=pop) >= 5 * 2048
+        assert sample(text, "ray_prewarm_fetch_latency_ms_count", pop=pop) == 6
+    assert sample(text, "ray_prewarm_jobs_total", status="FINISHED") == 1

@@ -31,6 +31,15 @@ from prewarm.state import coordinator_name, get_state_actor
 
 log = logging.getLogger("prewarm.coordinator")
 
+
+class JobLog(logging.LoggerAdapter):
+    """Every line of a job carries its request id: in the text and as the ``req_id`` field of JSON logs."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        req_id = (self.extra or {}).get("req_id", "")
+        kwargs["extra"] = {**kwargs.get("extra", {}), "req_id": req_id}
+        return f"[req_id={req_id}] {msg}", kwargs
+
 FETCHER_START_TIMEOUT_S = 60.0
 BATCHES_IN_FLIGHT_PER_LANE = 2
 
@@ -56,6 +65,7 @@ class Coordinator:
         self.fetchers: list[Any] = []
         self.dead: set[int] = set()
         self.dispatched = 0
+        self.log = JobLog(log, {"req_id": req_id})
 
     async def run(self) -> str:
         """Run the job to its end and close it in the state actor; never raises."""
@@ -68,11 +78,11 @@ class Coordinator:
         except JobFailed as exc:
             status, message = "FAILED", str(exc)
         except Exception as exc:
-            log.exception("job %s failed", self.req_id)
+            self.log.exception("job failed")
             status, message = "FAILED", f"{type(exc).__name__}: {exc}"
         final = await self.state.finish.remote(self.req_id, status, message)
         record_job_end(final)
-        log.info("job %s ended %s %s", self.req_id, final, message)
+        self.log.info("job ended %s %s", final, message)
         for fetcher in self.fetchers:
             with contextlib.suppress(Exception):
                 ray.kill(fetcher)
@@ -111,7 +121,7 @@ class Coordinator:
             point = await self.state.resume_point.remote(self.req_id)
         else:
             # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
-            log.warning("job %s: resuming with %d tasks left", self.req_id, len(point["pending"]))
+            self.log.warning("resuming after a coordinator restart with %d tasks left", len(point["pending"]))
             pops = resolved
             await starting
             lost = [i for i, r in enumerate(resolved) if r.problem]
@@ -123,6 +133,8 @@ class Coordinator:
         await self.state.set_phase.remote(self.req_id, "warming")
         self.dispatched = point["done"]
         lanes = plan_lanes(point["pending"], len(pops), len(self.fetchers))
+        self.log.info("warming %d tasks: %d POPs, %d lanes over %d fetchers (%d unavailable POPs)",
+                      len(point["pending"]), len(pops), len(lanes), len(self.fetchers), len(failures))
         names = [p.pop for p in pops]
         addresses = [p.addresses for p in pops]
         limits = per_fetcher_limits(lanes, len(pops), req.max_concurrency or self.settings.max_concurrency)
@@ -207,7 +219,7 @@ class Coordinator:
 
     def _mark_dead(self, index: int) -> None:
         if index not in self.dead:
-            log.warning("job %s: fetcher %d died; moving its lanes", self.req_id, index)
+            self.log.warning("fetcher %d died; moving its lanes to the survivors", index)
             self.dead.add(index)
             with contextlib.suppress(Exception):
                 ray.kill(self.fetchers[index])

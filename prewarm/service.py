@@ -26,7 +26,11 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         raise ValueError(f"refusing to listen on {host} without PREWARM_API_KEYS: the API would be open to "
                          "anyone who can reach it; set PREWARM_API_KEYS or listen on 127.0.0.1")
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"namespace": settings.namespace, "log_to_driver": False}
+        kwargs: dict[str, Any] = {
+            "namespace": settings.namespace, "log_to_driver": False,
+            # JSON worker logs: each job's lines carry a req_id field (see coordinator.JobLog).
+            "logging_config": ray.LoggingConfig(encoding="JSON", log_level="INFO"),
+        }
         if address:
             kwargs["address"] = address
         else:  # a new local cluster, never one that happens to be running on this machine already

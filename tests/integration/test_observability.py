@@ -64,3 +64,28 @@ def test_fetch_and_job_metrics_are_exported(metered: tuple[PrewarmClient, int], 
         assert sample(text, "ray_prewarm_bytes_total", pop=pop) >= 5 * 2048
         assert sample(text, "ray_prewarm_fetch_latency_ms_count", pop=pop) == 6
     assert sample(text, "ray_prewarm_jobs_total", status="FINISHED") == 1
+
+
+def test_every_job_log_line_carries_the_request_id(metered: tuple[PrewarmClient, int], cdn: Testbed) -> None:
+    import json
+    from pathlib import Path
+
+    import ray
+
+    client, _ = metered
+    req_id = client.prewarm(request_body([cdn.url("/obj/1kb/logged")], pops=["DFW55-C3"]))["request_id"]
+    wait_final(client, req_id)
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    deadline = time.monotonic() + 30
+    lines: list[dict] = []
+    while time.monotonic() < deadline and not any("job ended" in line.get("message", "") for line in lines):
+        lines = []
+        for path in logs.glob("worker-*"):
+            for raw in path.read_text(errors="replace").splitlines():
+                if req_id in raw and raw.startswith("{"):
+                    lines.append(json.loads(raw))
+        time.sleep(0.5)
+    mine = [line for line in lines if line.get("filename") in {"coordinator.py", "fetcher.py", "state.py"}]
+    assert any("warming 1 tasks" in line["message"] for line in mine)
+    assert any("job ended FINISHED" in line["message"] for line in mine)
+    assert all(line.get("req_id") == req_id for line in mine), mine

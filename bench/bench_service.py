@@ -2,9 +2,10 @@
 
 20,000 (URL, POP) tasks: 5,000 cached 1 KiB objects over 4 testbed POPs (plain http, as the raw client
 uses). The job runs once to fill the caches; the second, identical job is timed from POST to FINISHED
-(resolution, size probe and report included). The raw client then runs for the same POP set.
+(resolution, size probe and report included), and separately over its warming phase. The raw client
+then runs against one of the POPs. ``--compare-persistence`` repeats the job with PREWARM_PERSIST=0.
 
-    .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4]
+    .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.2) -> tuple[float, dict[str, Any]]:
+def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05) -> tuple[float, float, dict[str, Any]]:
+    """(seconds from POST to the end, seconds of the warming phase, final progress)."""
     t0 = time.perf_counter()
     req_id = client.prewarm(body)["request_id"]
+    warming_at = None
     while True:
         progress = client.progress(req_id)
+        if warming_at is None and progress["phase"] in ("warming", "done"):
+            warming_at = time.perf_counter()
         if progress["status"] in FINAL_STATUSES:
-            return time.perf_counter() - t0, progress
+            end = time.perf_counter()
+            return end - t0, end - (warming_at or t0), progress
         time.sleep(poll_s)
+
+
+def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool) -> tuple[float, float, int]:
+    """Run the job twice (fill, then measure) on a fresh service; (e2e s, warming s, tasks)."""
+    from prewarm.service import start_service, stop_service
+
+    env = {**tb.env(), "PREWARM_MAX_URLS": str(max(n_urls, 100_000)), "PREWARM_PERSIST": "1" if persist else "0",
+           "PREWARM_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-")}
+    base = start_service(Settings.from_env(env), port=free_port(),
+                         ray_init_kwargs={"num_cpus": 2, "include_dashboard": False})
+    try:
+        client = PrewarmClient(base, timeout_s=120)
+        urls = [tb.url(f"/obj/1kb/bench-{i}", scheme="http") for i in range(n_urls)]
+        body = {"url_list": urls, "cf_domain": tb.cf_domain, "target_type": "pop", "pops": pops,
+                "timeout": 30, "instance_count": 1}
+        _, _, fill = run_job(client, body)
+        assert fill["status"] == "FINISHED" and fill["success_count"] == fill["total_count"], fill
+        elapsed, warming, progress = run_job(client, body)
+        assert progress["status"] == "FINISHED" and progress["success_count"] == progress["total_count"], progress
+        return elapsed, warming, progress["total_count"]
+    finally:
+        stop_service()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,35 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--urls", type=int, default=5000)
     ap.add_argument("--pops", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0, help="raw client run time")
+    ap.add_argument("--compare-persistence", action="store_true", help="also run with PREWARM_PERSIST=0")
     args = ap.parse_args(argv)
     pops = POPS[: args.pops]
 
-    from prewarm.service import start_service, stop_service
-
     with Testbed(pops=pops) as tb:
-        settings = Settings.from_env({**tb.env(), "PREWARM_MAX_URLS": str(max(args.urls, 100_000))})
-        base = start_service(settings, port=free_port(),
-                             ray_init_kwargs={"num_cpus": 2, "include_dashboard": False})
-        try:
-            client = PrewarmClient(base, timeout_s=120)
-            urls = [tb.url(f"/obj/1kb/bench-{i}", scheme="http") for i in range(args.urls)]
-            body = {"url_list": urls, "cf_domain": tb.cf_domain, "target_type": "pop", "pops": pops,
-                    "timeout": 30, "instance_count": 1}
-            fill_s, fill = run_job(client, body)
-            assert fill["status"] == "FINISHED" and fill["success_count"] == fill["total_count"], fill
-            elapsed, progress = run_job(client, body)
-            assert progress["status"] == "FINISHED" and progress["success_count"] == progress["total_count"], progress
-            tasks = progress["total_count"]
-            service_rps = tasks / elapsed
-            print(f"service: {tasks} tasks ({args.urls} URLs x {len(pops)} POPs, cached 1 KiB) in {elapsed:.2f} s "
-                  f"= {service_rps:.0f} fetches/s  (cache-filling run: {fill_s:.2f} s)", flush=True)
-        finally:
-            stop_service()
+        elapsed, warming, tasks = measure(tb, pops, args.urls, persist=True)
+        service_rps, warming_rps = tasks / elapsed, tasks / warming
+        print(f"service: {tasks} tasks ({args.urls} URLs x {len(pops)} POPs, cached 1 KiB, http) in {elapsed:.2f} s "
+              f"= {service_rps:.0f} fetches/s end to end; warming phase {warming:.2f} s = {warming_rps:.0f}/s",
+              flush=True)
+        if args.compare_persistence:
+            m_elapsed, m_warming, _ = measure(tb, pops, args.urls, persist=False)
+            print(f"without persistence (PREWARM_PERSIST=0): {tasks / m_elapsed:.0f} fetches/s end to end, "
+                  f"warming {tasks / m_warming:.0f}/s; persistence costs "
+                  f"{(1 - service_rps / (tasks / m_elapsed)) * 100:.1f}% end to end, "
+                  f"{(1 - warming_rps / (tasks / m_warming)) * 100:.1f}% while warming (target <= 10%)", flush=True)
         address = tb.pop_addresses[pops[0]][0]
         warm(address, "www.example.com", "/obj/1kb/bench-0")
         raw = asyncio.run(raw_aiohttp_rps(address, "www.example.com", "/obj/1kb/bench-0", args.seconds))
         print(f"raw aiohttp (1 process, 64 connections, one POP): {raw:.0f} req/s", flush=True)
-        print(f"ratio service/raw aiohttp: {service_rps / raw:.2f} (target >= 1.2)")
+        print(f"ratio service/raw aiohttp: {service_rps / raw:.2f} end to end, {warming_rps / raw:.2f} while warming "
+              "(target >= 1.2)")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -66,6 +67,9 @@ class Coordinator:
         self.dead: set[int] = set()
         self.dispatched = 0
         self.log = JobLog(log, {"req_id": req_id})
+
+    def pid(self) -> int:
+        return os.getpid()
 
     async def run(self) -> str:
         """Run the job to its end and close it in the state actor; never raises."""

@@ -13,11 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
-from ray.autoscaler.sdk import request_resources
 from ray.serve.deployment import Application
 
 from prewarm import __version__
-from prewarm.cluster import FETCHER_RESOURCE, alive_node_count
+from prewarm.cluster import node_counts
 from prewarm.coordinator import kill_coordinator, start_job
 from prewarm.models import (
     ErrorResponse,
@@ -180,7 +179,8 @@ class PrewarmIngress:
         req_id = str(uuid.uuid4())
         now = utcnow()
         timeout_at = req.deadline(now)
-        await self._state("create_job", req_id, req.url_list, req.target_pops(), cf_domain, now, timeout_at)
+        await self._state("create_job", req_id, req.url_list, req.target_pops(), cf_domain, now, timeout_at,
+                          req.instance_count)
         start_job(req_id, req, cf_domain, time.time() + req.timeout * 60, self.settings)
         return PrewarmResponse(status="Success", request_id=req_id, timestamp=fmt_time(now),
                                timeout_at=fmt_time(timeout_at))
@@ -231,19 +231,16 @@ class PrewarmIngress:
             await asyncio.to_thread(kill_coordinator, body.req_id, self.settings.namespace)
             messages.append(f"job {body.req_id} is {status}")
         if body.DesiredCapacity is not None:
-            await self._state("set_desired_capacity", body.DesiredCapacity)
-            await asyncio.to_thread(
-                request_resources, bundles=[{FETCHER_RESOURCE: 1}] * body.DesiredCapacity
-            )
+            await self._state("set_desired_capacity", body.DesiredCapacity)  # it asks the autoscaler
             messages.append(f"desired capacity set to {body.DesiredCapacity} fetcher node(s)")
         return InstancesResponse(status="success", timestamp=fmt_time(utcnow()), message="; ".join(messages))
 
     @api.get("/instances", response_model=InstancesQueryResponse)
     async def get_instances(self) -> InstancesQueryResponse:
         desired = await self._state("get_desired_capacity")
-        alive = await asyncio.to_thread(alive_node_count)
+        alive, fetchers = await asyncio.to_thread(node_counts)
         return InstancesQueryResponse(status="success", timestamp=fmt_time(utcnow()), message="query success",
-                                      desiredcapacity=desired, alive_count=alive)
+                                      desiredcapacity=desired, alive_count=alive, fetcher_count=fetchers)
 
 
 def build_app(settings: Settings | None = None) -> Application:

@@ -39,5 +39,25 @@ def choose_nodes(nodes: list[dict[str, Any]], instance_count: int, fetchers_per_
     return slots
 
 
-def alive_node_count() -> int:
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
+def node_counts() -> tuple[int, int]:
+    """(alive nodes, alive nodes marked as fetcher nodes)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive), sum(1 for n in alive if n.get("Resources", {}).get(FETCHER_RESOURCE, 0) > 0)
+
+
+def combined_ask(desired: int, running_instance_counts: list[int]) -> int:
+    """Fetcher nodes to ask the autoscaler for: the operator's desired capacity, or more while jobs run.
+
+    The maximum, not the sum: a job runs on up to ``instance_count`` nodes and jobs share nodes.
+    """
+    return max([desired, *running_instance_counts])
+
+
+def request_fetcher_nodes(count: int) -> None:
+    """Ask the Ray autoscaler for ``count`` fetcher nodes (one ``prewarm_fetcher`` bundle each); 0 clears it.
+
+    On a cluster without an autoscaler this only records the request.
+    """
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{FETCHER_RESOURCE: 1}] * count)

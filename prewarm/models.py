@@ -381,4 +381,5 @@ class InstancesResponse(BaseModel):
 
 class InstancesQueryResponse(InstancesResponse):
     desiredcapacity: int
-    alive_count: int
+    alive_count: int = Field(description="Alive Ray nodes, head included.")
+    fetcher_count: int = Field(description="Alive nodes marked as fetcher nodes (prewarm_fetcher).")

@@ -18,6 +18,7 @@ import pandas as pd
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from prewarm.cluster import combined_ask, request_fetcher_nodes
 from prewarm.models import FINAL_STATUSES, fmt_time, utcnow
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
 from prewarm.report import pop_table, report_csv, results_frame
@@ -42,6 +43,7 @@ class Job:
     cf_domain: str
     created_at: datetime
     timeout_at: datetime
+    instance_count: int = 1
     status: str = "IN_PROGRESS"
     phase: str = "queued"
     error_message: str = ""
@@ -71,6 +73,7 @@ class State:
         self.max_active_jobs = max(1, max_active_jobs)
         self.jobs: dict[str, Job] = {}
         self.desired_capacity = 0
+        self._asked = 0
         self.store = Store(state_dir)
         self._reload()
 
@@ -95,8 +98,8 @@ class State:
 
     # -- written by the API and the coordinators -------------------------------------------
     def create_job(self, req_id: str, urls: list[str], target_pops: list[str], cf_domain: str,
-                   created_at: datetime, timeout_at: datetime) -> None:
-        job = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at)
+                   created_at: datetime, timeout_at: datetime, instance_count: int = 1) -> None:
+        job = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at, instance_count=instance_count)
         self.jobs[req_id] = job
         self._persist(job, urls=True)
 
@@ -117,6 +120,7 @@ class State:
         job.phase = "resolving"
         job.touch()
         self._persist(job)
+        self._rescale()
         return True
 
     def set_phase(self, req_id: str, phase: str) -> None:
@@ -191,10 +195,23 @@ class State:
         if self.store.save_report(req_id, csv) is None:
             job.report = csv  # no store: keep it in memory
         self._persist(job)
+        self._rescale()
         return job.status
 
     def set_desired_capacity(self, value: int) -> None:
         self.desired_capacity = value
+        self._rescale()
+
+    def _rescale(self) -> None:
+        """Keep the autoscaler's request at max(desired capacity, running jobs' instance_count)."""
+        running = [j.instance_count for j in self.jobs.values() if not j.final and j.phase != "queued"]
+        ask = combined_ask(self.desired_capacity, running)
+        if ask != self._asked:
+            try:
+                request_fetcher_nodes(ask)
+                self._asked = ask
+            except Exception as exc:  # the autoscaler is advisory: a failure must not stop a job
+                log.warning("could not ask the autoscaler for %d fetcher nodes: %s", ask, exc)
 
     def get_desired_capacity(self) -> int:
         return self.desired_capacity
@@ -303,6 +320,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "status": job.status, "phase": job.phase, "error_message": job.error_message,
         "last_update": job.last_update.timestamp(), "pops": None if job.table is None else job.table.pops,
         "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
+        "instance_count": job.instance_count,
     }
 
 
@@ -313,7 +331,8 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
     job = Job(req_id, urls, meta["target_pops"], meta["cf_domain"], when("created_at"), when("timeout_at"),
               status=meta["status"], phase=meta["phase"], error_message=meta["error_message"],
               last_update=when("last_update"), pop_failures=meta["pop_failures"], total_size=meta["total_size"],
-              node_ids=meta["node_ids"], nodes_used=len(set(meta["node_ids"])))
+              node_ids=meta["node_ids"], nodes_used=len(set(meta["node_ids"])),
+              instance_count=meta.get("instance_count", 1))
     return job
 
 

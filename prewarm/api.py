@@ -198,7 +198,7 @@ class PrewarmIngress:
         body = await self._state("summary", req_id)
         if body is None:
             raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
-        report = f"{str(request.base_url).rstrip('/')}/reports/{req_id}.csv"
+        report = body.pop("report_url") or f"{str(request.base_url).rstrip('/')}/reports/{req_id}.csv"
         return SummaryResponse(**body, failure_pop_urls_report=report)
 
     @api.get("/reports/{name}", responses={200: {"content": {"text/csv": {}}}, **_ERRORS})

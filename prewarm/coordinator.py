@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from prewarm.cloudfront import CloudFrontError, find_distribution_id, invalidate, invalidation_paths, make_clients
 from prewarm.cluster import choose_nodes
 from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
@@ -117,6 +118,8 @@ class Coordinator:
                 raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
                                 + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
             await starting
+            if req.need_invalidate:
+                await self._invalidate()
             await self.state.set_phase.remote(self.req_id, "probing")
             sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, len(pops))
             await self.state.set_plan.remote(
@@ -148,6 +151,21 @@ class Coordinator:
         finally:
             ticker.cancel()
         return "FINISHED", ""
+
+    async def _invalidate(self) -> None:
+        """Invalidate the URLs' paths and wait until CloudFront completed it, before anything is fetched."""
+        await self.state.set_phase.remote(self.req_id, "invalidating")
+
+        def run() -> int:
+            cf, _ = make_clients()
+            dist_id = find_distribution_id(cf, self.cf_domain)
+            return len(invalidate(cf, dist_id, invalidation_paths(self.request.url_list), self.deadline))
+
+        try:
+            count = await asyncio.to_thread(run)
+        except CloudFrontError as exc:
+            raise JobFailed(f"invalidation failed: {exc}") from None
+        self.log.info("invalidated %d path(s) in %d invalidation(s)", len(self.request.url_list), count)
 
     async def _start_fetchers(self) -> None:
         """Create fetchers on up to ``instance_count`` distinct nodes; never wait forever on placement."""

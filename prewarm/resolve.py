@@ -15,6 +15,7 @@ import dns.rdatatype
 import dns.resolver
 
 from prewarm.catalog import pop_dns_name
+from prewarm.cloudfront import CloudFrontError, distribution_for_hosts, make_clients
 
 CLOUDFRONT_NAME = re.compile(r"^[a-z0-9]+\.cloudfront\.net$")
 
@@ -139,10 +140,18 @@ async def find_distribution(resolver: Resolver, cf_domain: str | None, urls: lis
     names = await asyncio.gather(*(resolver.cloudfront_name(h) for h in hosts))
     missing = [h for h, n in zip(hosts, names, strict=True) if not n]
     if missing:
-        raise ValueError(f"field 'cf_domain' is absent and the CNAME chain of {missing[:5]} does not lead "
-                         "to a *.cloudfront.net name: give cf_domain")
+        try:  # the hosts may be a distribution's aliases without a CNAME to it (e.g. Route 53 alias records)
+            return await asyncio.to_thread(_distribution_by_alias, hosts)
+        except (ValueError, CloudFrontError) as exc:
+            raise ValueError(f"field 'cf_domain' is absent, the CNAME chain of {missing[:5]} does not lead to a "
+                             f"*.cloudfront.net name, and the CloudFront alias lookup failed: {exc}") from None
     distinct = sorted(set(n for n in names if n))
     if len(distinct) > 1:
         raise ValueError(f"field 'cf_domain' is absent and the URLs' hosts lead to several distributions "
                          f"{distinct}: send one request per distribution, or give cf_domain")
     return distinct[0]
+
+
+def _distribution_by_alias(hosts: list[str]) -> str:
+    cf, _ = make_clients()
+    return distribution_for_hosts(cf, hosts)

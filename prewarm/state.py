@@ -18,6 +18,7 @@ import pandas as pd
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from prewarm.cloudfront import CloudFrontError, make_clients, report_url, upload_report
 from prewarm.cluster import combined_ask, request_fetcher_nodes
 from prewarm.models import FINAL_STATUSES, fmt_time, utcnow
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
@@ -56,6 +57,7 @@ class Job:
     nodes_used: int = 0
     node_ids: list[str] = field(default_factory=list)
     report: bytes | None = None
+    report_key: str | None = None
 
     @property
     def final(self) -> bool:
@@ -68,13 +70,16 @@ class Job:
 class State:
     """All jobs of the cluster; plain methods, run one at a time by the actor."""
 
-    def __init__(self, namespace: str = "prewarm", state_dir: str | None = None, max_active_jobs: int = 4) -> None:
-        self.namespace = namespace
-        self.max_active_jobs = max(1, max_active_jobs)
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or Settings(persist=False)
+        self.settings = settings
+        self.namespace = settings.namespace
+        self.max_active_jobs = max(1, settings.max_active_jobs)
+        self._s3: Any = None
         self.jobs: dict[str, Job] = {}
         self.desired_capacity = 0
         self._asked = 0
-        self.store = Store(state_dir)
+        self.store = Store(settings.state_dir if settings.persist else None)
         self._reload()
 
     # -- durability ------------------------------------------------------------------------------
@@ -194,9 +199,40 @@ class State:
         csv = report_csv(job.table, job.pop_failures)
         if self.store.save_report(req_id, csv) is None:
             job.report = csv  # no store: keep it in memory
+        job.report_key = self._upload_report(req_id, csv)
         self._persist(job)
         self._rescale()
         return job.status
+
+    # -- reports in S3 ---------------------------------------------------------------------------
+    def _s3_client(self) -> Any:
+        if self._s3 is None:
+            self._s3 = make_clients()[1]
+        return self._s3
+
+    def _upload_report(self, req_id: str, csv: bytes) -> str | None:
+        """Upload the final report when PREWARM_REPORT_BUCKET is set; the service's own URL otherwise."""
+        bucket = self.settings.report_bucket
+        if not bucket:
+            return None
+        key = f"{self.settings.report_prefix}{req_id}/failed_pop_urls.csv"
+        try:
+            upload_report(self._s3_client(), bucket, key, csv)
+        except CloudFrontError as exc:
+            log.error("[req_id=%s] report upload to s3://%s/%s failed: %s", req_id, bucket, key, exc,
+                      extra={"req_id": req_id})
+            return None
+        return key
+
+    def _report_url(self, job: Job) -> str | None:
+        if not job.report_key or not self.settings.report_bucket:
+            return None
+        try:
+            return report_url(self._s3_client(), self.settings.report_bucket, job.report_key,
+                              self.settings.report_url_expiry_s)
+        except CloudFrontError as exc:
+            log.error("presigning the report of %s failed: %s", job.req_id, exc)
+            return None
 
     def set_desired_capacity(self, value: int) -> None:
         self.desired_capacity = value
@@ -280,6 +316,7 @@ class State:
             "success_count": table.success_count,
             "failure_count": table.failure_count,
             "pops": pop_table(table),
+            "report_url": self._report_url(job),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -320,7 +357,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "status": job.status, "phase": job.phase, "error_message": job.error_message,
         "last_update": job.last_update.timestamp(), "pops": None if job.table is None else job.table.pops,
         "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
-        "instance_count": job.instance_count,
+        "instance_count": job.instance_count, "report_key": job.report_key,
     }
 
 
@@ -332,7 +369,7 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
               status=meta["status"], phase=meta["phase"], error_message=meta["error_message"],
               last_update=when("last_update"), pop_failures=meta["pop_failures"], total_size=meta["total_size"],
               node_ids=meta["node_ids"], nodes_used=len(set(meta["node_ids"])),
-              instance_count=meta.get("instance_count", 1))
+              instance_count=meta.get("instance_count", 1), report_key=meta.get("report_key"))
     return job
 
 
@@ -361,8 +398,7 @@ def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
     head = head_node_id()
     if head is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
-    state_dir = settings.state_dir if settings.persist else None
-    return StateActor.options(**options).remote(namespace, state_dir, settings.max_active_jobs)
+    return StateActor.options(**options).remote(settings)
 
 
 def coordinator_alive(req_id: str, namespace: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_baseline import raw_aiohttp_rps, warm
+from bench.bench_baseline import raw_aiohttp_rps, warm, wrk_rps
 from prewarm.client import PrewarmClient
 from prewarm.models import FINAL_STATUSES
 from prewarm.settings import Settings
@@ -53,6 +54,25 @@ def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05) -
         time.sleep(poll_s)
 
 
+def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
+    """The published sample's agent: six threads, one ``curl`` process per fetch, pinned to the edge."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(url: str) -> str:
+        host = url.split("/")[2]
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                              "--resolve", f"{host}:80:{address}", url], capture_output=True, text=True, timeout=20)
+        return out.stdout
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        codes = list(pool.map(one, urls))
+    elapsed = time.perf_counter() - t0
+    if any(c != "200" for c in codes):
+        raise RuntimeError(f"curl saw non-200 answers: {sorted(set(codes))}")
+    return len(urls) / elapsed
+
+
 def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool) -> tuple[float, float, int]:
     """Run the job twice (fill, then measure) on a fresh service; (e2e s, warming s, tasks)."""
     from prewarm.service import start_service, stop_service
@@ -81,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pops", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0, help="raw client run time")
     ap.add_argument("--compare-persistence", action="store_true", help="also run with PREWARM_PERSIST=0")
+    ap.add_argument("--side-by-side", action="store_true", help="also wrk and a curl-per-fetch loop, as ratios")
     args = ap.parse_args(argv)
     pops = POPS[: args.pops]
 
@@ -102,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raw aiohttp (1 process, 64 connections, one POP): {raw:.0f} req/s", flush=True)
         print(f"ratio service/raw aiohttp: {service_rps / raw:.2f} end to end, {warming_rps / raw:.2f} while warming "
               "(target >= 1.2)")
+        if args.side_by_side:
+            ref = wrk_rps(address, "www.example.com", "/obj/1kb/bench-0", args.seconds)
+            curl = curl_loop_rps(address, [tb.url(f"/obj/1kb/bench-{i}", scheme="http") for i in range(1500)])
+            print("\n| client | fetches/s | service / client |\n| --- | ---: | ---: |")
+            for name, rps in (("the service, end to end", service_rps), ("the service, warming phase", warming_rps),
+                              ("raw aiohttp, 1 process", raw), ("wrk -t2 -c64 (ceiling)", ref),
+                              ("AWS-sample-style agent: 6 threads, one curl per fetch", curl)):
+                print(f"| {name} | {rps:.0f} | {service_rps / rps:.2f} |")
     return 0
 
 

@@ -6,12 +6,15 @@ results in batches; the API reads progress and summaries from here, so those sta
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,6 +29,7 @@ from prewarm.report import pop_table, report_csv, results_frame
 from prewarm.settings import Settings
 from prewarm.store import Store
 
+T = TypeVar("T")
 STATE_ACTOR_NAME = "prewarm-state"
 log = logging.getLogger("prewarm.state")
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
@@ -67,12 +71,24 @@ class Job:
         self.last_update = utcnow()
 
 
+def writes(method: Callable[..., T]) -> Callable[..., T]:
+    """Serialise a method that changes state; reads run beside it, so polling never waits on a batch."""
+
+    @functools.wraps(method)
+    def locked(self: State, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class State:
-    """All jobs of the cluster; plain methods, run one at a time by the actor."""
+    """All jobs of the cluster. The actor runs a few calls at once: writes hold one lock, reads do not."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         settings = settings or Settings(persist=False)
         self.settings = settings
+        self._lock = threading.RLock()
         self.namespace = settings.namespace
         self.max_active_jobs = max(1, settings.max_active_jobs)
         self._s3: Any = None
@@ -102,12 +118,14 @@ class State:
                 self.finish(req_id, "FAILED", "the service restarted while the job was running; it did not resume")
 
     # -- written by the API and the coordinators -------------------------------------------
+    @writes
     def create_job(self, req_id: str, urls: list[str], target_pops: list[str], cf_domain: str,
                    created_at: datetime, timeout_at: datetime, instance_count: int = 1) -> None:
         job = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at, instance_count=instance_count)
         self.jobs[req_id] = job
         self._persist(job, urls=True)
 
+    @writes
     def admit(self, req_id: str) -> bool:
         """Let a job start fetching if fewer than ``max_active_jobs`` are; otherwise it stays queued.
 
@@ -128,6 +146,7 @@ class State:
         self._rescale()
         return True
 
+    @writes
     def set_phase(self, req_id: str, phase: str) -> None:
         job = self.jobs[req_id]
         if not job.final:
@@ -135,6 +154,7 @@ class State:
             job.touch()
             self._persist(job)
 
+    @writes
     def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], total_size: int,
                  probe_failures: list[ResultRow] | None = None) -> None:
         """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only."""
@@ -150,6 +170,7 @@ class State:
         job.touch()
         self._persist(job)
 
+    @writes
     def set_nodes(self, req_id: str, node_ids: list[str]) -> None:
         job = self.jobs[req_id]
         job.node_ids = list(node_ids)
@@ -160,6 +181,7 @@ class State:
         """The node ids of the job's fetchers (one entry per fetcher)."""
         return list(self.jobs[req_id].node_ids)
 
+    @writes
     def dispatched(self, req_id: str, total_dispatched: int) -> None:
         self.jobs[req_id].dispatched = total_dispatched
 
@@ -171,6 +193,7 @@ class State:
         pending = np.flatnonzero(~job.table.done)
         return {"final": False, "pops": list(job.table.pops), "pending": pending, "done": job.table.done_count}
 
+    @writes
     def record(self, req_id: str, rows: list[ResultRow]) -> int:
         """Results of one batch; ignored once the job is final (a late batch after a timeout)."""
         job = self.jobs.get(req_id)
@@ -182,6 +205,7 @@ class State:
         job.touch()
         return added
 
+    @writes
     def finish(self, req_id: str, status: str, error_message: str = "") -> str:
         """Close a job: unfinished tasks become failures named after the reason. First close wins."""
         job = self.jobs[req_id]
@@ -234,6 +258,7 @@ class State:
             log.error("presigning the report of %s failed: %s", job.req_id, exc)
             return None
 
+    @writes
     def set_desired_capacity(self, value: int) -> None:
         self.desired_capacity = value
         self._rescale()
@@ -375,7 +400,7 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
 
 # Restarted after a crash (it reloads from the store), and calls in flight are retried against the new
 # process: a result batch is applied once, since finished tasks ignore repeats.
-StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(State)
+StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4)(State)
 
 
 def head_node_id() -> str | None:

@@ -35,12 +35,13 @@ def _serve(args: argparse.Namespace) -> int:
     from prewarm.settings import Settings
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         url = start_service(Settings.from_env(), args.host, args.port, args.address)
     except ValueError as exc:  # a bad setting, or a public address without PREWARM_API_KEYS
         raise UsageError(str(exc)) from None
+    # After ray.init: Ray installs its own SIGTERM handler, which would abort instead of shutting down.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     print(f"prewarm service listening on {url} (OpenAPI at {url}/docs); Ctrl-C stops it", flush=True)
     stop.wait()
     print("shutting down", flush=True)

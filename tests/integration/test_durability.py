@@ -78,14 +78,15 @@ def test_state_actor_killed_mid_job_reloads_and_counts_exactly(running: PrewarmC
     assert progress["download_size"] == total * 1024
 
 
-def test_serve_replica_killed_mid_job(running: PrewarmClient, cdn: Testbed) -> None:
+@pytest.mark.parametrize("kind", ["SERVE_REPLICA", "SERVE_PROXY_ACTOR"])
+def test_serve_replica_or_proxy_killed_mid_job(running: PrewarmClient, cdn: Testbed, kind: str) -> None:
     cdn.reset()
-    req_id, total = slow_job(running, cdn, "kill-replica")
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"]]
-    assert replicas
-    for actor in replicas:
+    req_id, total = slow_job(running, cdn, f"kill-{kind}")
+    victims = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(kind)]
+    assert victims
+    for actor in victims:
         ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
-    wait_api(running)
+    wait_api(running)  # Serve's controller brings it back
     exact(running, req_id, total)
 
 

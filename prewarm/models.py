@@ -274,14 +274,22 @@ def request_error(exc: ValidationError) -> RequestError:
     return RequestError("; ".join(dict.fromkeys(messages)) or "invalid request", error_urls=error_urls)
 
 
-def check_req_id(value: str | None) -> str:
-    """A request id must be a UUID; a malformed one is a 400 naming ``req_id``."""
-    if not value:
-        raise RequestError("field 'req_id' is required (query string)")
+def parse_req_id(value: str) -> str:
+    """The canonical form of a request id (a UUID); ValueError says why it is not one."""
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise RequestError(f"field 'req_id': {value[:80]!r} is not a valid request id (UUID)") from None
+        raise ValueError(f"{value[:80]!r} is not a valid request id (UUID)") from None
+
+
+def check_req_id(value: str | None) -> str:
+    """A request id from the query string; a missing or malformed one is a 400 naming ``req_id``."""
+    if not value:
+        raise RequestError("field 'req_id' is required (query string)")
+    try:
+        return parse_req_id(value)
+    except ValueError as exc:
+        raise RequestError(f"field 'req_id': {exc}") from None
 
 
 class PrewarmResponse(BaseModel):
@@ -365,12 +373,7 @@ class InstancesRequest(BaseModel):
     @field_validator("req_id")
     @classmethod
     def _req_id(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            raise ValueError(f"{value[:80]!r} is not a valid request id (UUID)") from None
+        return None if value is None else parse_req_id(value)
 
 
 class InstancesResponse(BaseModel):

@@ -47,13 +47,8 @@ def service_settings(testbed: Testbed, **extra: str) -> Settings:
 @pytest.fixture(scope="module")
 def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     """This module's own testbed, with the spec example's POPs added to the catalogue's."""
-    testbed = Testbed(extra_pops=SPEC_POPS, two_address_pops=["SIN2-C1"],
-                      workdir=tmp_path_factory.mktemp("cdn"))
-    testbed.start()
-    try:
-        yield testbed
-    finally:
-        testbed.stop()
+    with Testbed(extra_pops=SPEC_POPS, two_address_pops=["SIN2-C1"], workdir=tmp_path_factory.mktemp("cdn")) as tb:
+        yield tb
 
 
 @pytest.fixture(scope="module")

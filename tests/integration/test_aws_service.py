@@ -44,12 +44,8 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def edge(aws: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     """A testbed whose distribution is the one moto created (its POP names use moto's domain)."""
     label = aws["dist"]["DomainName"].split(".")[0]
-    tb = Testbed(pops=POPS, distribution=label, workdir=tmp_path_factory.mktemp("aws-cdn"))
-    tb.start()
-    try:
+    with Testbed(pops=POPS, distribution=label, workdir=tmp_path_factory.mktemp("aws-cdn")) as tb:
         yield tb
-    finally:
-        tb.stop()
 
 
 @pytest.fixture(scope="module")

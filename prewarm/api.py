@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from prewarm import __version__
-from prewarm.cluster import node_counts
+from prewarm.cluster import ON_HEAD, node_counts
 from prewarm.coordinator import kill_coordinator, start_job
 from prewarm.models import (
     ErrorResponse,
@@ -150,7 +150,7 @@ def validate_prewarm(raw: Any, settings: Settings) -> PrewarmRequest:
     return req
 
 
-@serve.deployment(name="prewarm-api", ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="prewarm-api", ray_actor_options={"num_cpus": 0, "resources": ON_HEAD})
 @serve.ingress(api)
 class PrewarmIngress:
     def __init__(self, settings: Settings) -> None:

@@ -11,6 +11,10 @@ import ray
 FETCHER_RESOURCE = "prewarm_fetcher"
 """Custom resource that marks fetcher nodes in cluster.yaml; when no node has it, every node is used."""
 
+ON_HEAD = {"node:__internal_head__": 0.001}
+"""Resources that pin an actor to the head node: the API and the coordinators stay there, off the fetcher
+nodes the autoscaler adds and removes."""
+
 
 @dataclass(frozen=True)
 class NodeSlot:

@@ -21,7 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.cloudfront import CloudFrontError, find_distribution_id, invalidate, invalidation_paths, make_clients
-from prewarm.cluster import choose_nodes
+from prewarm.cluster import ON_HEAD, choose_nodes
 from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
@@ -291,7 +291,7 @@ CoordinatorActor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3, ma
 def start_job(req_id: str, request: PrewarmRequest, cf_domain: str, deadline: float, settings: Settings) -> None:
     """Create the request's detached coordinator and start it; the caller does not wait for the job."""
     coordinator = CoordinatorActor.options(
-        name=coordinator_name(req_id), namespace=settings.namespace, lifetime="detached"
+        name=coordinator_name(req_id), namespace=settings.namespace, lifetime="detached", resources=ON_HEAD
     ).remote(req_id, request.model_dump(), cf_domain, deadline, settings)
     coordinator.run.remote()
 

@@ -38,7 +38,8 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
             kwargs.setdefault("include_dashboard", False)
         kwargs.update(ray_init_kwargs or {})
         ray.init(**kwargs)
-    serve.start(http_options={"host": host, "port": port})
+    # The API lives on the head only: fetcher nodes come and go, and must not take HTTP connections with them.
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"

@@ -1,160 +1,299 @@
-"""CloudFront and S3 through boto3 against moto in server mode (a real HTTP endpoint on 127.0.0.1)."""
+"""prewarm.cloudfront against moto in server mode: a real HTTP endpoint on 127.0.0.1, real boto3 clients.
+
+Clients come from ``make_clients()`` with the endpoint given only through ``AWS_ENDPOINT_URL``, so the
+standard endpoint chain is tested too. What moto does not do is injected through botocore's own event
+hooks on those real clients, and nowhere else:
+
+* moto completes invalidations at once (status ``COMPLETED``); an ``after-call`` hook rewrites the parsed
+  GetInvalidation status to ``InProgress`` for the first polls, as CloudFront reports while it works;
+* moto never refuses with TooManyInvalidationsInProgress or AccessDenied; a ``before-send`` hook answers
+  those requests with CloudFront's XML error body, which botocore parses like a real one.
+"""
 
 from __future__ import annotations
 
-import urllib.request
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.config import Config
 
 from prewarm.cloudfront import (
     CloudFrontError,
+    CloudFrontTimeout,
     batch_paths,
     distribution_for_hosts,
     find_distribution_id,
     invalidate,
     invalidation_paths,
     make_clients,
-    report_url,
     upload_report,
 )
 
-from .moto_server import client, create_distribution, moto_server, reset
+from .moto_server import create_distribution, http_get, moto_server, reset, use_moto_env
+
+CF_ERROR = ('<?xml version="1.0"?><ErrorResponse xmlns="http://cloudfront.amazonaws.com/doc/2020-05-31/">'
+            "<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+            "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>")
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
+    """One moto server for the module."""
     with moto_server() as url:
         yield url
 
 
 @pytest.fixture
-def cf(endpoint: str) -> Any:
+def aws(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh moto, reachable through the standard environment variables only."""
     reset(endpoint)
-    return client("cloudfront", endpoint)
+    use_moto_env(monkeypatch, endpoint)
+    return endpoint
 
 
-def all_invalidations(cf: Any, dist_id: str) -> list[list[str]]:
-    paginator = cf.get_paginator("list_invalidations")
-    ids = [i["Id"] for page in paginator.paginate(DistributionId=dist_id)
-           for i in (page["InvalidationList"].get("Items") or [])]
-    return [cf.get_invalidation(DistributionId=dist_id, Id=i)["Invalidation"]["InvalidationBatch"]["Paths"]["Items"]
-            for i in ids]
+@pytest.fixture
+def cf(aws: str) -> Any:
+    client = make_clients()[0]
+    assert client.meta.endpoint_url == aws  # boto3 applied AWS_ENDPOINT_URL by itself
+    return client
 
 
-def test_invalidation_paths_keep_query_strings_and_dedupe() -> None:
-    urls = ["https://a.example.com/x/y.js?v=2", "https://a.example.com/x/y.js?v=2", "https://a.example.com/",
-            "https://a.example.com/%E2%9C%93.png", "https://a.example.com"]
-    assert invalidation_paths(urls) == ["/x/y.js?v=2", "/", "/%E2%9C%93.png"]
-    assert [len(b) for b in batch_paths([str(i) for i in range(7000)])] == [3000, 3000, 1000]
+class _Body:
+    """The raw body botocore reads a response from (``stream()``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._data
 
 
-@pytest.mark.parametrize(("n_urls", "batches"), [(1, [1]), (3000, [3000]), (7000, [3000, 3000, 1000])])
-def test_invalidations_are_batched(cf: Any, n_urls: int, batches: list[int]) -> None:
+def refuse(cf: Any, operation: str, times: int, code: str, status: int = 400) -> Counter[str]:
+    """Answer the first ``times`` requests of ``operation`` with an AWS error; count what was sent."""
+    sent: Counter[str] = Counter()
+
+    def before_send(request: Any, **_: Any) -> AWSResponse | None:
+        sent["requests"] += 1
+        if sent["refused"] >= times:
+            return None  # go to moto
+        sent["refused"] += 1
+        body = CF_ERROR.format(code=code, message=f"{code} (injected)").encode()
+        return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Body(body))
+
+    cf.meta.events.register(f"before-send.cloudfront.{operation}", before_send)
+    return sent
+
+
+def report_in_progress(cf: Any, polls: int) -> Counter[str]:
+    """GetInvalidation says InProgress for the first ``polls`` polls of each invalidation."""
+    seen: Counter[str] = Counter()
+
+    def after_call(parsed: dict[str, Any], **_: Any) -> None:
+        inv = parsed.get("Invalidation")
+        if inv is None:
+            return
+        seen[inv["Id"]] += 1
+        if seen[inv["Id"]] <= polls:
+            inv["Status"] = "InProgress"
+
+    cf.meta.events.register("after-call.cloudfront.GetInvalidation", after_call)
+    return seen
+
+
+def created_invalidations(cf: Any, dist_id: str) -> dict[str, list[str]]:
+    """Every invalidation of the distribution (all pages, two a page) -> its paths, from moto."""
+    pages = cf.get_paginator("list_invalidations").paginate(DistributionId=dist_id, PaginationConfig={"PageSize": 2})
+    ids = [i["Id"] for page in pages for i in page["InvalidationList"].get("Items") or []]
+    return {i: cf.get_invalidation(DistributionId=dist_id, Id=i)["Invalidation"]["InvalidationBatch"]["Paths"]
+            .get("Items") or [] for i in ids}
+
+
+# -- paths and batches ---------------------------------------------------------------------------
+
+def test_invalidation_paths() -> None:
+    urls = [
+        "https://a.example.com/x/y.js?v=2", "https://a.example.com/x/y.js?v=2#top", "https://a.example.com/",
+        "https://a.example.com", "https://a.example.com/%E2%9C%93.png", "https://a.example.com/caf\u00e9 menu.html",
+        "https://a.example.com/a[1]{2}.css", "https://a.example.com/v.mp4?Expires=1&Signature=s&Key-Pair-Id=k",
+        "https://a.example.com/s.js?lang=en&Policy=p", "https://a.example.com/100%.txt",
+        "https://a.example.com/x/y.js?v=3", "https://a.example.com/X/Y.JS?v=2",
+    ]
+    assert invalidation_paths(urls) == [
+        "/x/y.js?v=2", "/", "/%E2%9C%93.png", "/caf%C3%A9%20menu.html", "/a%5B1%5D%7B2%7D.css", "/v.mp4",
+        "/s.js?lang=en", "/100%25.txt", "/x/y.js?v=3", "/X/Y.JS?v=2",
+    ]
+    assert invalidation_paths(urls[:2] + urls[-2:], keep_query=False) == ["/x/y.js", "/X/Y.JS"]
+    long = invalidation_paths(["https://a.example.com/" + "a" * 5000])[0]
+    assert len(long) == 4000 and long.endswith("*")
+
+
+def test_batch_paths() -> None:
+    plain = [f"/o/{i}" for i in range(7000)]
+    assert [len(b) for b in batch_paths(plain)] == [3000, 3000, 1000]
+    assert [p for b in batch_paths(plain) for p in b] == plain
+    assert batch_paths([]) == []
+    wild = [f"/w{i}/*" for i in range(20)]
+    batches = batch_paths(wild + plain[:10])
+    assert len(batches) == 2 and [sum(p.endswith("*") for p in b) for b in batches] == [15, 5]
+    assert sorted(p for b in batches for p in b) == sorted(wild + plain[:10])
+    # 16 wildcards and 2,980 others: the second wildcard batch takes what the first has no room for.
+    batches = batch_paths(wild[:16] + plain[:2980])
+    assert [len(b) for b in batches] == [2995, 1]
+    assert [sum(p.endswith("*") for p in b) for b in batches] == [15, 1]
+
+
+# -- invalidations -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_urls", [1, 3000, 7000])
+def test_invalidations_are_batched_and_awaited(cf: Any, n_urls: int) -> None:
     dist = create_distribution(cf)
-    paths = invalidation_paths([f"https://www.example.com/obj/{i}.js" for i in range(n_urls)])
-    ids = invalidate(cf, dist["Id"], paths, deadline=__import__("time").time() + 60, poll_s=0.01)
-    assert len(ids) == len(batches)
-    created = all_invalidations(cf, dist["Id"])
-    assert sorted(len(b) for b in created) == sorted(batches)
-    assert sorted(p for b in created for p in b) == sorted(paths)
+    paths = invalidation_paths([f"https://www.example.com/obj/{i}.js?v=1" for i in range(n_urls)])
+    polls = report_in_progress(cf, polls=1)
+    slept: list[float] = []
+    ids = invalidate(cf, dist["Id"], paths, deadline=time.time() + 60, poll_s=0.5, sleep=slept.append)
+
+    polled = dict(polls)  # before reading the invalidations back (that calls GetInvalidation too)
+    expected = batch_paths(paths)
+    assert len(ids) == len(expected) == {1: 1, 3000: 1, 7000: 3}[n_urls]
+    created = created_invalidations(cf, dist["Id"])
+    assert set(created) == set(ids)  # nothing else was created
+    assert [created[i] for i in ids] == expected  # exact paths, batch by batch
+    assert polled == {i: 2 for i in ids}  # each polled until Completed (InProgress, then Completed)
+    assert slept == [0.5]
+
+
+def test_waits_for_completion(cf: Any) -> None:
+    dist = create_distribution(cf)
+    polls = report_in_progress(cf, polls=3)
+    slept: list[float] = []
+    (inv_id,) = invalidate(cf, dist["Id"], ["/a"], deadline=time.time() + 60, poll_s=0.25, sleep=slept.append)
+    assert slept == [0.25] * 3 and polls[inv_id] == 4
 
 
 def test_too_many_invalidations_in_progress_is_retried(cf: Any) -> None:
     dist = create_distribution(cf)
-    refusals = {"left": 2, "calls": 0}
-
-    def refuse(**_: Any) -> Any:  # the error comes back through botocore's own error handling
-        refusals["calls"] += 1
-        if refusals["left"] > 0:
-            refusals["left"] -= 1
-            error = {"Error": {"Code": "TooManyInvalidationsInProgress", "Message": "slow down"},
-                     "ResponseMetadata": {"HTTPStatusCode": 400}}
-            return AWSResponse("http://moto", 400, {}, None), error
-        return None
-
-    cf.meta.events.register("before-call.cloudfront.CreateInvalidation", refuse)
+    sent = refuse(cf, "CreateInvalidation", times=3, code="TooManyInvalidationsInProgress")
     slept: list[float] = []
-    ids = invalidate(cf, dist["Id"], ["/a"], deadline=__import__("time").time() + 600, poll_s=0.01,
-                     sleep=slept.append)
-    assert len(ids) == 1 and refusals["calls"] == 3 and len(slept) == 2
-    assert all_invalidations(cf, dist["Id"]) == [["/a"]]
+    ids = invalidate(cf, dist["Id"], ["/a", "/b"], deadline=time.time() + 60, poll_s=0.1, sleep=slept.append)
+
+    assert sent == {"requests": 4, "refused": 3}  # botocore did not retry it itself; we did, three times
+    assert len(slept) == 3
+    for attempt, delay in enumerate(slept):  # exponential with jitter: in [ceiling/2, ceiling]
+        assert 0.1 * 2**attempt / 2 <= delay <= 0.1 * 2**attempt
+    assert list(created_invalidations(cf, dist["Id"]).values()) == [["/a", "/b"]]
+    assert len(ids) == 1
 
 
-def test_waits_until_completed_and_gives_up_at_the_deadline(cf: Any) -> None:
+def test_too_many_in_progress_until_the_deadline(cf: Any) -> None:
     dist = create_distribution(cf)
-    in_progress = {"left": 3}
-
-    def still_running(parsed: dict[str, Any], **_: Any) -> None:
-        # moto completes invalidations at once; report InProgress for the first polls, as CloudFront does.
-        if in_progress["left"] > 0:
-            in_progress["left"] -= 1
-            parsed["Invalidation"]["Status"] = "InProgress"
-
-    cf.meta.events.register("after-call.cloudfront.GetInvalidation", still_running)
-    slept: list[float] = []
-    invalidate(cf, dist["Id"], ["/a"], deadline=__import__("time").time() + 60, poll_s=0.5, sleep=slept.append)
-    assert slept == [0.5, 0.5, 0.5]
-
-    in_progress["left"] = 10**6
+    refuse(cf, "CreateInvalidation", times=10**6, code="TooManyInvalidationsInProgress")
     now = [1000.0]
-    with pytest.raises(CloudFrontError, match="still in progress at the job's deadline"):
-        invalidate(cf, dist["Id"], ["/b"], deadline=1003.0, poll_s=1.0,
+    with pytest.raises(CloudFrontTimeout, match=r"CreateInvalidation.*deadline passed.*too many invalidations"):
+        invalidate(cf, dist["Id"], ["/a"], deadline=1010.0, poll_s=1.0,
                    sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    assert now[0] == 1010.0  # backed off up to the deadline, not past it
+    assert created_invalidations(cf, dist["Id"]) == {}
 
+
+def test_never_completing_invalidation_raises_at_the_deadline(cf: Any) -> None:
+    dist = create_distribution(cf)
+    report_in_progress(cf, polls=10**6)
+    started = time.monotonic()
+    with pytest.raises(CloudFrontTimeout, match=r"deadline passed with 1 of 1 invalidation") as info:
+        invalidate(cf, dist["Id"], ["/a"], deadline=time.time() + 1.0, poll_s=0.2)
+    assert isinstance(info.value, TimeoutError)
+    assert 0.9 <= time.monotonic() - started < 2.0
+
+
+def test_access_denied_names_the_action(cf: Any) -> None:
+    dist = create_distribution(cf)
+    refuse(cf, "CreateInvalidation", times=1, code="AccessDenied", status=403)
+    with pytest.raises(CloudFrontError, match=r"^cloudfront:CreateInvalidation was denied: AccessDenied") as info:
+        invalidate(cf, dist["Id"], ["/a"], deadline=time.time() + 60)
+    assert info.value.action == "cloudfront:CreateInvalidation" and info.value.code == "AccessDenied"
+
+
+# -- distributions -------------------------------------------------------------------------------
 
 def test_distribution_lookup_across_pages(cf: Any) -> None:
-    dists = [create_distribution(cf, [f"site{i}.example.com"]) for i in range(7)]
+    """moto pages ListDistributions by 100 (MaxItems/Marker): 105 distributions make two pages."""
+    first_dup = create_distribution(cf, ["dup.example.net"])
+    exact = create_distribution(cf, ["static.assets.example.org"])
+    for i in range(98):
+        create_distribution(cf, [f"filler{i}.example.com"])
+    target = create_distribution(cf, ["www.example.com", "example.com"])  # page 2 from here on
     wild = create_distribution(cf, ["*.assets.example.org"])
     create_distribution(cf, ["dup.example.net"])
-    create_distribution(cf, ["dup.example.net.", "other.example.net"])
+    create_distribution(cf, [])
+    create_distribution(cf, ["other.example.com"])
 
-    real = cf.get_paginator
-    cf.get_paginator = lambda name: SmallPages(real(name))  # two items a page: paging must be followed
-    assert find_distribution_id(cf, dists[6]["DomainName"].upper()) == dists[6]["Id"]
-    assert distribution_for_hosts(cf, ["site5.example.com"]) == dists[5]["DomainName"]
-    assert distribution_for_hosts(cf, ["img.assets.example.org", "js.assets.example.org"]) == wild["DomainName"]
-    for hosts, words in ((["nothing.example.com"], "no CloudFront distribution has an alias for"),
-                         (["a.b.assets.example.org"], "no CloudFront distribution"),
-                         (["dup.example.net"], "several distributions"),
-                         (["site1.example.com", "site2.example.com"], "different distributions")):
-        with pytest.raises(ValueError, match=words):
-            distribution_for_hosts(cf, hosts)
-    with pytest.raises(CloudFrontError, match="no distribution has the domain"):
+    pages: Counter[str] = Counter()
+    cf.meta.events.register("before-call.cloudfront.ListDistributions", lambda **_: pages.update(["call"]))
+    assert find_distribution_id(cf, target["DomainName"].upper() + ".") == target["Id"]
+    assert pages["call"] == 2
+    assert find_distribution_id(cf, exact["DomainName"]) == exact["Id"]
+    with pytest.raises(CloudFrontError, match=r"no distribution has the domain name 'dnope.cloudfront.net'"):
         find_distribution_id(cf, "dnope.cloudfront.net")
 
+    assert distribution_for_hosts(cf, ["WWW.example.com", "example.com."]) == target["DomainName"]
+    # A wildcard alias covers one label; an exact alias elsewhere wins, as CloudFront routes it.
+    assert distribution_for_hosts(cf, ["img.assets.example.org", "js.assets.example.org"]) == wild["DomainName"]
+    assert distribution_for_hosts(cf, ["static.assets.example.org"]) == exact["DomainName"]
+    cases = [
+        (["a.b.assets.example.org", "nothing.example.com"],
+         "no CloudFront distribution has an alias for host.s. a.b.assets.example.org, nothing.example.com"),
+        (["dup.example.net"], f"host.s. dup.example.net match several .*{first_dup['DomainName']}"),
+        (["www.example.com", "other.example.com"],
+         "hosts www.example.com, other.example.com map to different distributions"),
+        (["www.example.com", "static.assets.example.org"], "map to different distributions"),
+    ]
+    for hosts, message in cases:
+        with pytest.raises(ValueError, match=message):
+            distribution_for_hosts(cf, hosts)
 
-class SmallPages:
-    """A real paginator asked for two items a page."""
 
-    def __init__(self, paginator: Any) -> None:
-        self._paginator = paginator
+# -- reports -------------------------------------------------------------------------------------
 
-    def paginate(self, **kwargs: Any) -> Any:
-        return self._paginator.paginate(PaginationConfig={"PageSize": 2}, **kwargs)
-
-
-def test_report_upload_and_presigned_url(endpoint: str) -> None:
-    reset(endpoint)
-    s3 = client("s3", endpoint)
+def test_upload_report_and_presigned_url(aws: str) -> None:
+    _, s3 = make_clients()
     s3.create_bucket(Bucket="reports")
-    body = b"url,pop,error_class\nhttps://www.example.com/x,ATL56-C1,http_404\n"
-    upload_report(s3, "reports", "prewarm/abc/failed_pop_urls.csv", body)
-    url = report_url(s3, "reports", "prewarm/abc/failed_pop_urls.csv", 600)
-    assert "X-Amz-Signature" in url or "Signature" in url
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.read() == body
+    body = b"url,pop,error_class\r\nhttps://www.example.com/x?a=1,ATL56-C1,http_404\r\n\xc3\xa9,SIN2-C1,timeout\r\n"
+    url = upload_report(s3, "reports", "prewarm/abc/failed_pop_urls.csv", body, expires_s=600)
+    assert url.startswith(f"{aws}/reports/prewarm/abc/failed_pop_urls.csv?") and "X-Amz-Signature=" in url
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=600" in url
+    data, headers = http_get(url)
+    assert data == body and headers["content-type"] == "text/csv"
 
 
-def test_missing_credentials_name_the_action(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    cf, _ = make_clients("us-east-1")
-    with pytest.raises(CloudFrontError, match="cloudfront:ListDistributions failed: no AWS credentials"):
+def test_service_endpoint_variables_win(aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_ENDPOINT_URL_<SERVICE> overrides AWS_ENDPOINT_URL, with no code of ours involved."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDFRONT", aws)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", aws)
+    cf, s3 = make_clients()
+    assert (cf.meta.endpoint_url, s3.meta.endpoint_url) == (aws, aws)
+    dist = create_distribution(cf)
+    assert find_distribution_id(cf, dist["DomainName"]) == dist["Id"]
+
+
+def test_unreachable_endpoint_names_the_action(aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    cf, _ = make_clients(config=Config(retries={"mode": "standard", "max_attempts": 1}))
+    with pytest.raises(CloudFrontError, match=r"^cloudfront:ListDistributions failed: Could not connect"):
         find_distribution_id(cf, "d1.cloudfront.net")
+
+
+def test_missing_credentials_name_the_action(aws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    cf, s3 = make_clients("us-east-1")
+    with pytest.raises(CloudFrontError, match=r"^cloudfront:CreateInvalidation failed: no usable AWS credentials"):
+        invalidate(cf, "E123", ["/a"], deadline=time.time() + 60)
+    with pytest.raises(CloudFrontError, match=r"^cloudfront:ListDistributions failed: no usable AWS credentials"):
+        find_distribution_id(cf, "d1.cloudfront.net")
+    with pytest.raises(CloudFrontError, match=r"^s3:PutObject failed: no usable AWS credentials"):
+        upload_report(s3, "reports", "k.csv", b"a\n")

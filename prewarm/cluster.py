@@ -64,4 +64,6 @@ def request_fetcher_nodes(count: int) -> None:
     """
     from ray.autoscaler.sdk import request_resources
 
-    request_resources(bundles=[{FETCHER_RESOURCE: 1}] * count)
+    if count < 0:
+        raise ValueError(f"cannot ask for {count} fetcher nodes")
+    request_resources(bundles=[{FETCHER_RESOURCE: 1}] * count)  # replaces any earlier ask

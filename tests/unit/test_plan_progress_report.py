@@ -3,7 +3,7 @@ from collections import Counter
 
 import pandas as pd
 
-from prewarm.cluster import FETCHER_RESOURCE, choose_nodes
+from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask
 from prewarm.plan import interleave_by_node, lane_batches, plan_lanes
 from prewarm.progress import TaskTable, counts, percentage
 from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
@@ -104,3 +104,9 @@ def test_pop_table() -> None:
     rows = {r["pop"]: r for r in pop_table(table)}
     assert rows["P1"] == {"pop": "P1", "success": 3, "failure": 0, "bytes": 300, "p50_ms": 20.0, "p95_ms": 29.0}
     assert rows["P2"]["failure"] == 1 and rows["P2"]["p50_ms"] is None
+
+
+def test_autoscaler_ask_is_the_largest_need() -> None:
+    assert combined_ask(0, []) == 0
+    assert combined_ask(2, [1, 5, 3]) == 5  # jobs share nodes: the largest job sets the need
+    assert combined_ask(4, [1]) == 4

@@ -47,7 +47,10 @@ api = FastAPI(
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad input; error_message names the field."},
+    403: {"model": ErrorResponse, "description": "Missing or invalid x-api-key (when PREWARM_API_KEYS is set)."},
     404: {"model": ErrorResponse, "description": "Unknown req_id."},
+    413: {"model": ErrorResponse, "description": "Request body over PREWARM_MAX_BODY_BYTES."},
+    503: {"model": ErrorResponse, "description": "The state actor is unreachable for now; retry."},
 }
 
 

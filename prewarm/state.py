@@ -216,14 +216,15 @@ class State:
         if status != "FINISHED" or job.table.done_count < job.table.total:
             reason = STOP_ERRORS.get(status, "unfinished")
             self.store.save_results(req_id, job.table.fail_unfinished(reason, error_message or reason))
-        job.status = status
-        job.phase = "done"
-        job.error_message = error_message
-        job.touch()
         csv = report_csv(job.table, job.pop_failures)
         if self.store.save_report(req_id, csv) is None:
             job.report = csv  # no store: keep it in memory
         job.report_key = self._upload_report(req_id, csv)
+        # Final last: a reader that sees the final status also sees the final report (reads take no lock).
+        job.error_message = error_message
+        job.phase = "done"
+        job.status = status
+        job.touch()
         self._persist(job)
         self._rescale()
         return job.status

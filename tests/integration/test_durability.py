@@ -37,14 +37,19 @@ def running(settings: Settings) -> Iterator[PrewarmClient]:
         stop_service()
 
 
-def slow_job(client: PrewarmClient, cdn: Testbed, tag: str, n: int = 150, timeout: float = 3) -> tuple[str, int]:
-    urls = [cdn.url(f"/fault/delay/250/{tag}-{i}") for i in range(n)]
+def slow_job(client: PrewarmClient, cdn: Testbed, tag: str, n: int = 150, timeout: float = 3,
+             delay_ms: int = 250, until_results: bool = True) -> tuple[str, int]:
+    """Start a job of slow objects and return once it has results (or, if not ``until_results``, once it
+    is probing)."""
+    urls = [cdn.url(f"/fault/delay/{delay_ms}/{tag}-{i}") for i in range(n)]
     req_id = client.prewarm(request_body(urls, timeout=timeout))["request_id"]
     deadline = time.monotonic() + 30
-    while client.progress(req_id)["download_count"] == 0:
-        assert time.monotonic() < deadline
+    while True:
+        progress = client.progress(req_id)
+        if (progress["download_count"] > 0) if until_results else progress["phase"] in ("probing", "warming"):
+            return req_id, n * 3
+        assert time.monotonic() < deadline and progress["status"] == "IN_PROGRESS", progress
         time.sleep(0.05)
-    return req_id, n * 3
 
 
 def wait_api(client: PrewarmClient, timeout_s: float = 60) -> None:
@@ -99,7 +104,8 @@ def test_whole_cluster_restart_keeps_finished_jobs_and_fails_running_ones(cdn: T
     done_id = client.prewarm(request_body([cdn.url("/obj/1kb/keep"), cdn.url("/fault/status/404/x")]))["request_id"]
     wait_final(client, done_id)
     before = (client.progress(done_id), client.summary(done_id), client.report(done_id))
-    running_id, total = slow_job(client, cdn, "restart", n=400, timeout=5)
+    # 400 one-second objects: the job is still probing, far from done, when the cluster goes away.
+    running_id, total = slow_job(client, cdn, "restart", n=400, timeout=5, delay_ms=1000, until_results=False)
     stop_service()  # the whole local cluster goes away, like `ray stop`
 
     base = start_service(settings, port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from typing import Any
@@ -25,7 +26,8 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     if not settings.api_keys and not is_loopback(host):
         raise ValueError(f"refusing to listen on {host} without PREWARM_API_KEYS: the API would be open to "
                          "anyone who can reach it; set PREWARM_API_KEYS or listen on 127.0.0.1")
-    if not ray.is_initialized():
+    started_ray = not ray.is_initialized()
+    if started_ray:
         kwargs: dict[str, Any] = {
             "namespace": settings.namespace, "log_to_driver": False,
             # JSON worker logs: each job's lines carry a req_id field (see coordinator.JobLog).
@@ -38,9 +40,16 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
             kwargs.setdefault("include_dashboard", False)
         kwargs.update(ray_init_kwargs or {})
         ray.init(**kwargs)
-    # The API lives on the head only: fetcher nodes come and go, and must not take HTTP connections with them.
-    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        # The API lives on the head only: fetcher nodes come and go, and must not take HTTP connections along.
+        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    except BaseException:  # e.g. the port is taken: leave nothing half-started behind
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+        raise
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
 

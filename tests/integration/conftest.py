@@ -51,12 +51,25 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
         yield tb
 
 
+def serve_on_free_port(settings: Settings, **kwargs: Any) -> str:
+    """start_service on a free port, trying another if something took it between the check and the bind."""
+    from prewarm.service import start_service
+
+    for attempt in range(3):
+        try:
+            return start_service(settings, port=free_port(), **kwargs)
+        except RuntimeError as exc:
+            if "bind" not in str(exc).lower() or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
     """The whole service on a local Ray cluster, pointed at this module's testbed."""
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
-    base = start_service(service_settings(cdn), port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = serve_on_free_port(service_settings(cdn), ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         yield PrewarmClient(base)
     finally:

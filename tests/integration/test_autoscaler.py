@@ -32,7 +32,7 @@ from prewarm.client import PrewarmClient
 from prewarm.cluster import node_counts, request_fetcher_nodes
 from prewarm.testbed import Testbed
 
-from .conftest import free_port, request_body, service_settings, wait_final
+from .conftest import free_port, request_body, serve_on_free_port, service_settings, wait_final
 
 FAKE_CONFIG = Path(__file__).with_name("fake_autoscaling_cluster.yaml")
 
@@ -160,9 +160,9 @@ def test_request_fetcher_nodes_scales_up_holds_and_releases(autoscaling_cluster:
 
 def test_desired_capacity_scales_fetcher_nodes_up_and_down(autoscaling_cluster: str, cdn: Testbed) -> None:
     """The same path through the API: POST /instances, a job on the new nodes, scale back to zero."""
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
-    base = start_service(service_settings(cdn), port=free_port(), address=autoscaling_cluster)
+    base = serve_on_free_port(service_settings(cdn), address=autoscaling_cluster)
     try:
         client = PrewarmClient(base)
         wait_for(lambda: fetcher_node_count() == 0, 90, "no fetcher nodes left from an earlier test")

@@ -13,7 +13,14 @@ import pytest
 from prewarm.client import ApiError, PrewarmClient
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, free_port, origin_gets, request_body, service_settings, wait_final
+from .conftest import (
+    RAY_TEST_KWARGS,
+    origin_gets,
+    request_body,
+    serve_on_free_port,
+    service_settings,
+    wait_final,
+)
 from .moto_server import CREDENTIALS, client, create_distribution, moto_server, reset
 
 BUCKET = "prewarm-reports"
@@ -50,10 +57,10 @@ def edge(aws: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def api(aws: dict[str, Any], edge: Testbed) -> Iterator[PrewarmClient]:
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
     settings = service_settings(edge, PREWARM_REPORT_BUCKET=BUCKET, PREWARM_REPORT_PREFIX="runs/")
-    base = start_service(settings, port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         yield PrewarmClient(base)
     finally:

@@ -16,7 +16,7 @@ from prewarm.settings import Settings
 from prewarm.state import STATE_ACTOR_NAME
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, free_port, request_body, service_settings, wait_final
+from .conftest import RAY_TEST_KWARGS, request_body, serve_on_free_port, service_settings, wait_final
 from .test_service import report_rows
 
 
@@ -28,9 +28,9 @@ def settings(cdn: Testbed) -> Settings:
 @pytest.fixture
 def running(settings: Settings) -> Iterator[PrewarmClient]:
     """The service on a fresh local Ray cluster for each test (one test restarts the cluster itself)."""
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
-    base = start_service(settings, port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         yield PrewarmClient(base)
     finally:
@@ -96,10 +96,10 @@ def test_serve_replica_or_proxy_killed_mid_job(running: PrewarmClient, cdn: Test
 
 
 def test_whole_cluster_restart_keeps_finished_jobs_and_fails_running_ones(cdn: Testbed, settings: Settings) -> None:
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
     cdn.reset()
-    base = start_service(settings, port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     client = PrewarmClient(base)
     done_id = client.prewarm(request_body([cdn.url("/obj/1kb/keep"), cdn.url("/fault/status/404/x")]))["request_id"]
     wait_final(client, done_id)
@@ -108,7 +108,7 @@ def test_whole_cluster_restart_keeps_finished_jobs_and_fails_running_ones(cdn: T
     running_id, total = slow_job(client, cdn, "restart", n=400, timeout=5, delay_ms=1000, until_results=False)
     stop_service()  # the whole local cluster goes away, like `ray stop`
 
-    base = start_service(settings, port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         client = PrewarmClient(base)
         progress, summary, report = client.progress(done_id), client.summary(done_id), client.report(done_id)

@@ -22,7 +22,7 @@ from prewarm.cluster import FETCHER_RESOURCE
 from prewarm.state import STATE_ACTOR_NAME, coordinator_name
 from prewarm.testbed import Testbed
 
-from .conftest import SPEC_POPS, free_port, origin_gets, request_body, service_settings, wait_final
+from .conftest import SPEC_POPS, origin_gets, request_body, serve_on_free_port, service_settings, wait_final
 from .test_service import assert_warm, report_rows
 
 NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 75 * 1024 * 1024}
@@ -42,10 +42,10 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, cdn: Testbed) -> Iterator[tuple[PrewarmClient, str]]:
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
     settings = service_settings(cdn, PREWARM_FETCHERS_PER_NODE="1")
-    base = start_service(settings, port=free_port(), address=cluster.address)
+    base = serve_on_free_port(settings, address=cluster.address)
     try:
         yield PrewarmClient(base), settings.namespace
     finally:

@@ -12,16 +12,15 @@ import pytest
 from prewarm.client import PrewarmClient
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, free_port, request_body, service_settings, wait_final
+from .conftest import RAY_TEST_KWARGS, free_port, request_body, serve_on_free_port, service_settings, wait_final
 
 
 @pytest.fixture(scope="module")
 def metered(cdn: Testbed) -> Iterator[tuple[PrewarmClient, int]]:
-    from prewarm.service import start_service, stop_service
+    from prewarm.service import stop_service
 
     port = free_port()
-    base = start_service(service_settings(cdn), port=free_port(),
-                         ray_init_kwargs={**RAY_TEST_KWARGS, "_metrics_export_port": port})
+    base = serve_on_free_port(service_settings(cdn), ray_init_kwargs={**RAY_TEST_KWARGS, "_metrics_export_port": port})
     try:
         yield PrewarmClient(base), port
     finally:

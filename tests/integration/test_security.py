@@ -13,7 +13,15 @@ from prewarm.service import start_service, stop_service
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, SPEC_POPS, free_port, request_body, service_settings, wait_final
+from .conftest import (
+    RAY_TEST_KWARGS,
+    SPEC_POPS,
+    free_port,
+    request_body,
+    serve_on_free_port,
+    service_settings,
+    wait_final,
+)
 
 KEYS = ("first-key-0123456789", "second-key-9876543210")
 
@@ -25,7 +33,7 @@ def guarded(cdn: Testbed) -> Iterator[PrewarmClient]:
         cdn, PREWARM_API_KEYS=",".join(KEYS), PREWARM_ALLOW_PRIVATE_EDGES="0", PREWARM_MAX_URLS="10",
         PREWARM_MAX_BODY_BYTES="8192",
     )
-    base = start_service(settings, port=free_port(), ray_init_kwargs=RAY_TEST_KWARGS)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         yield PrewarmClient(base, api_key=KEYS[1])
     finally:

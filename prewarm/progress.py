@@ -7,7 +7,7 @@ batch retried after a fetcher died) is counted once: the first result wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,7 +131,3 @@ def counts(total: int, done: int, dispatched: int) -> tuple[int, int]:
     """(in_progress, available): handed to a fetcher and not done, and not yet handed out."""
     in_progress = max(0, min(dispatched, total) - done)
     return in_progress, max(0, total - done - in_progress)
-
-
-def task_ids_for(urls: Sequence[int], pop_index: int, n_pops: int) -> list[int]:
-    return [u * n_pops + pop_index for u in urls]

@@ -47,8 +47,6 @@ class Settings:
     report_bucket: str | None = None
     report_prefix: str = "prewarm/"
     report_url_expiry_s: int = 3600
-    probe_concurrency: int = 64
-    default_max_capacity: int = 300
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -88,11 +86,7 @@ class Settings:
             report_bucket=env.get("PREWARM_REPORT_BUCKET") or None,
             report_prefix=env.get("PREWARM_REPORT_PREFIX", base.report_prefix),
             report_url_expiry_s=int(num("PREWARM_REPORT_URL_EXPIRY", base.report_url_expiry_s)),
-            probe_concurrency=int(num("PREWARM_PROBE_CONCURRENCY", base.probe_concurrency)),
         )
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
     def __repr__(self) -> str:  # never print API keys into logs
         shown = {**asdict(self), "api_keys": f"<{len(self.api_keys)} key(s)>"}

@@ -146,19 +146,27 @@ def _empty(ax: Axes, title: str, text: str) -> None:
     ax.set_axis_off()
 
 
-def plot_success_rate(df: pd.DataFrame, ax: Axes | None = None) -> Figure:
-    """Bar per POP: share of its (URL, POP) tasks that were warmed."""
+def _pop_bars(df: pd.DataFrame, ax: Axes | None, title: str) -> tuple[Figure, Axes, pd.DataFrame | None]:
+    """The figure, axes and per-POP table of a bar chart by POP; the table is None when there is nothing."""
     fig, ax = _axes(ax, (7, 3.5))
     table = pop_table(df)
+    ax.set_title(title)
     if table.empty:
-        _empty(ax, "success rate by POP", "no results")
+        _empty(ax, title, "no results")
+        return fig, ax, None
+    return fig, ax, table
+
+
+def plot_success_rate(df: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """Bar per POP: share of its (URL, POP) tasks that were warmed."""
+    fig, ax, table = _pop_bars(df, ax, "success rate by POP")
+    if table is None:
         return fig
     rates = table["success_rate"] * 100
     bars = ax.bar(table.index.astype(str), rates, color=["#4caf50" if r == 100 else "#ff9800" for r in rates])
     ax.bar_label(bars, labels=[f"{r:.1f}%" for r in rates])
     ax.set_ylim(0, 110)
     ax.set_ylabel("success rate (%)")
-    ax.set_title("success rate by POP")
     return fig
 
 
@@ -178,17 +186,14 @@ def plot_latency(df: pd.DataFrame, ax: Axes | None = None, only_ok: bool = True)
 
 def plot_bytes(df: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Bar per POP: bytes fetched through it (what its cache now holds from this job)."""
-    fig, ax = _axes(ax, (7, 3.5))
-    table = pop_table(df)
-    if table.empty:
-        _empty(ax, "bytes by POP", "no results")
+    fig, ax, table = _pop_bars(df, ax, "bytes fetched by POP")
+    if table is None:
         return fig
     scale, unit = next(((1024.0**i, u) for i, u in reversed(list(enumerate(["B", "KiB", "MiB", "GiB"])))
                         if table["bytes"].max() >= 1024.0**i), (1.0, "B"))
     bars = ax.bar(table.index.astype(str), table["bytes"] / scale, color="#2196f3")
     ax.bar_label(bars, fmt="%.1f")
     ax.set_ylabel(f"bytes ({unit})")
-    ax.set_title("bytes fetched by POP")
     return fig
 
 

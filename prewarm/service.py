@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import ray
@@ -44,14 +47,31 @@ def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         # The API lives on the head only: fetcher nodes come and go, and must not take HTTP connections along.
         serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        shown = f"[{host}]" if ":" in host else host
+        base = f"http://{shown}:{port}"
+        wait_until_routed(base.replace("0.0.0.0", "127.0.0.1"))
     except BaseException:  # e.g. the port is taken: leave nothing half-started behind
         with contextlib.suppress(Exception):
             serve.shutdown()
         if started_ray:
             ray.shutdown()
         raise
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return base
+
+
+def wait_until_routed(base: str, timeout_s: float = 60.0) -> None:
+    """Return once the proxy routes to the app (it may answer 404 for a moment after deployment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API at {base} did not answer /healthz within {timeout_s:g} s")
+        time.sleep(0.2)
 
 
 def is_loopback(host: str) -> bool:

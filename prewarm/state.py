@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,6 +61,7 @@ class Job:
     node_ids: list[str] = field(default_factory=list)
     report: bytes | None = None
     report_key: str | None = None
+    summary: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:
@@ -332,21 +332,25 @@ class State:
         job = self._get(req_id)
         if job is None:
             return None
+        body = job.summary if job.final and job.summary is not None else self._summarise(job)
+        if job.final:
+            job.summary = body  # a final job's summary never changes: built once, not per poll
+        return {**body, "report_url": self._report_url(job), "timestamp": fmt_time(utcnow())}
+
+    @staticmethod
+    def _summarise(job: Job) -> dict[str, Any]:
         table = job.table or TaskTable(job.urls, [])
-        failure_pops = list(dict.fromkeys([*job.pop_failures, *table.all_failed_pops()]))
         return {
             "request_id": job.req_id,
             "status": job.status,
-            "failure_pops": failure_pops,
+            "failure_pops": list(dict.fromkeys([*job.pop_failures, *table.all_failed_pops()])),
             "failure_urls": table.failure_urls(),
             "success_count": table.success_count,
             "failure_count": table.failure_count,
             "pops": pop_table(table),
-            "report_url": self._report_url(job),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
-            "timestamp": fmt_time(utcnow()),
         }
 
     def report(self, req_id: str) -> bytes | None:
@@ -368,9 +372,6 @@ class State:
 
     def list_jobs(self) -> list[dict[str, Any]]:
         return [p for req_id in list(self.jobs) if (p := self.progress(req_id))]
-
-    def ping(self) -> float:
-        return time.time()
 
     def pid(self) -> int:
         return os.getpid()

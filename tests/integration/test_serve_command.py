@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prewarm.client import PrewarmClient
+from prewarm.client import ApiError, PrewarmClient
 from prewarm.testbed import Testbed
 
 from .conftest import free_port, request_body, wait_final
@@ -38,7 +38,7 @@ def test_serve_runs_a_job_and_stops_cleanly(cdn: Testbed, tmp_path: Path, stop_s
             try:
                 assert client.call("GET", "/healthz")["status"] == "ok"
                 break
-            except OSError:
+            except (OSError, ApiError):  # not listening yet, or the proxy is up before the app's routes
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 assert time.monotonic() < deadline, "prewarm serve did not come up"
                 time.sleep(0.5)

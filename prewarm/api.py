@@ -8,9 +8,9 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.deployment import Application
@@ -18,15 +18,18 @@ from ray.serve.deployment import Application
 from prewarm import __version__
 from prewarm.cluster import ON_HEAD, node_counts
 from prewarm.coordinator import kill_coordinator, start_job
+from prewarm.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
 from prewarm.models import (
     ErrorResponse,
     InstancesQueryResponse,
     InstancesRequest,
     InstancesResponse,
+    JobsResponse,
     PrewarmRequest,
     PrewarmResponse,
     ProgressResponse,
     RequestError,
+    RetryRequest,
     SummaryResponse,
     check_req_id,
     fmt_time,
@@ -36,6 +39,7 @@ from prewarm.models import (
 from prewarm.resolve import Resolver, find_distribution
 from prewarm.settings import Settings
 from prewarm.state import get_state_actor
+from prewarm.webhook import resolve_callback
 
 STATE_CALL_TIMEOUT_S = 30.0
 
@@ -153,7 +157,23 @@ def validate_prewarm(raw: Any, settings: Settings) -> PrewarmRequest:
     return req
 
 
-@serve.deployment(name="prewarm-api", ray_actor_options={"num_cpus": 0, "resources": ON_HEAD})
+def summary_response(body: dict[str, Any], base_url: str, req_id: str) -> SummaryResponse:
+    """The state actor's summary as the API's answer: its S3 report link, or this service's own report URL."""
+    body = dict(body)
+    report = body.pop("report_url", None) or f"{base_url.rstrip('/')}/reports/{req_id}.csv"
+    return SummaryResponse(**body, failure_pop_urls_report=report)
+
+
+# Each open event stream holds one of the replica's ongoing requests for as long as its job runs, so the
+# replica takes many more than Serve's default (5), and streams are capped below that: they can never
+# starve the short calls.
+MAX_EVENT_STREAMS = 256
+MAX_ONGOING_REQUESTS = MAX_EVENT_STREAMS + 256
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@serve.deployment(name="prewarm-api", ray_actor_options={"num_cpus": 0, "resources": ON_HEAD},
+                  max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(api)
 class PrewarmIngress:
     def __init__(self, settings: Settings) -> None:
@@ -161,6 +181,7 @@ class PrewarmIngress:
         self.settings = settings
         self.state = get_state_actor(settings)
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)
+        self._streams = 0  # open GET /prewarm/events streams (at most MAX_EVENT_STREAMS)
 
     async def _state(self, method: str, *args: Any) -> Any:
         ref = getattr(self.state, method).remote(*args)
@@ -174,19 +195,51 @@ class PrewarmIngress:
               openapi_extra=_json_schema(PrewarmRequest))
     async def prewarm(self, request: Request) -> PrewarmResponse:
         """Accept a prewarm job and answer at once; the work runs on the cluster."""
-        req = validate_prewarm(await _json_body(request, self.settings.max_body_bytes), self.settings)
-        try:
-            cf_domain = await find_distribution(self.resolver, req.cf_domain, req.url_list)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
+        raw = await _json_body(request, self.settings.max_body_bytes)
+        selected = None
+        if isinstance(raw, dict) and "retry_of" in raw:
+            req, cf_domain, selected = await self._retry(raw)
+        else:
+            req = validate_prewarm(raw, self.settings)
+            try:
+                cf_domain = await find_distribution(self.resolver, req.cf_domain, req.url_list)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+        if req.callback_url:
+            if not self.settings.webhook_secret:
+                raise RequestError("field 'callback_url': this service has no PREWARM_WEBHOOK_SECRET, and it "
+                                   "sends only signed webhooks")
+            _, problem = await asyncio.to_thread(
+                resolve_callback, req.callback_url, self.settings.allow_private_edges, self.settings.dns_timeout_s
+            )
+            if problem:
+                raise RequestError(f"field 'callback_url': {problem}")
         req_id = str(uuid.uuid4())
         now = utcnow()
         timeout_at = req.deadline(now)
-        await self._state("create_job", req_id, req.url_list, req.target_pops(), cf_domain, now, timeout_at,
-                          req.instance_count)
+        await self._state("create_job", req_id, req.model_dump(), req.target_pops(), cf_domain, now, timeout_at,
+                          str(request.base_url).rstrip("/"), selected)
         start_job(req_id, req, cf_domain, time.time() + req.timeout * 60, self.settings)
         return PrewarmResponse(status="Success", request_id=req_id, timestamp=fmt_time(now),
                                timeout_at=fmt_time(timeout_at))
+
+    async def _retry(self, raw: dict[str, Any]) -> tuple[PrewarmRequest, str, list[Any]]:
+        """A retry job: the failed and unfinished tasks of an ended job, with its targets and headers."""
+        try:
+            retry = RetryRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise request_error(exc) from None
+        source = await self._state("retry_source", retry.retry_of)
+        if "error" in source:
+            raise RequestError(source["error"])
+        # The retry targets exactly the POPs that had failures, by code, whatever the original's target type.
+        original = {**source["request"], "target_type": "pop", "pops": source["target_pops"], "countries": [],
+                    "regions": [], "cf_domain": source["cf_domain"]}
+        try:
+            req = retry.build(original)
+        except ValidationError as exc:
+            raise request_error(exc) from None
+        return req, source["cf_domain"], source["selected"]
 
     @api.get("/prewarm", response_model=ProgressResponse, responses=_ERRORS)
     async def progress(self, req_id: str | None = None) -> ProgressResponse:
@@ -201,8 +254,57 @@ class PrewarmIngress:
         body = await self._state("summary", req_id)
         if body is None:
             raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
-        report = body.pop("report_url") or f"{str(request.base_url).rstrip('/')}/reports/{req_id}.csv"
-        return SummaryResponse(**body, failure_pop_urls_report=report)
+        return summary_response(body, str(request.base_url), req_id)
+
+    @api.get("/prewarm/events", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "Server-Sent Events: `progress` (the GET /prewarm body) at most "
+                                             "once a second while it changes, then one `done` (the GET "
+                                             "/summary body); `: keep-alive` comments in silences."},
+                        **_ERRORS})
+    async def events(self, request: Request, req_id: str | None = None) -> StreamingResponse:
+        """Stream a job's progress until it ends, so watchers need not poll; errors answer before streaming."""
+        req_id = check_req_id(req_id)
+        first = await self._state("progress", req_id)
+        if first is None:
+            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+        if self._streams >= MAX_EVENT_STREAMS:
+            raise RequestError(f"too many event streams open ({MAX_EVENT_STREAMS}); poll GET /prewarm instead",
+                               status_code=503)
+        base_url = str(request.base_url)
+
+        async def progress() -> dict[str, Any] | None:
+            body = await self._state("progress", req_id)
+            return None if body is None else ProgressResponse(**body).model_dump()
+
+        async def summary() -> dict[str, Any]:
+            return summary_response(await self._state("summary", req_id), base_url, req_id).model_dump()
+
+        async def stream() -> Any:
+            self._streams += 1
+            try:
+                async for frame in job_events(progress, summary, first=ProgressResponse(**first).model_dump()):
+                    yield frame
+            finally:
+                self._streams -= 1
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @api.get("/jobs", response_model=JobsResponse, responses=_ERRORS)
+    async def jobs(self, status: str | None = Query(None, description="One of IN_PROGRESS, FINISHED, TIMEOUT, "
+                                                                      "FAILED, STOPPED."),
+                   limit: int | None = Query(None, ge=1, le=MAX_JOBS_LIMIT, description="1..1000, default 100."),
+                   since: str | None = Query(None, description="Jobs created at or after this time: "
+                                                               "'2024-04-16 03:12:21.046535' (UTC) or ISO 8601.")
+                   ) -> JobsResponse:
+        """Jobs newest first, each with its progress; the state actor filters before building bodies."""
+        try:
+            chosen_status, chosen_limit, after = check_status(status), check_limit(limit), parse_since(since)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        bodies = await self._state("list_jobs", chosen_status, chosen_limit, after)
+        jobs = [ProgressResponse(**b) for b in bodies]
+        return JobsResponse(jobs=jobs, count=len(jobs), timestamp=fmt_time(utcnow()))
 
     @api.get("/reports/{name}", responses={200: {"content": {"text/csv": {}}}, **_ERRORS})
     async def report(self, name: str) -> Response:

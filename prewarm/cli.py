@@ -170,7 +170,42 @@ def build_request(args: argparse.Namespace, urls: list[str]) -> dict[str, Any]:
         "header": args.header,
         "instance_count": args.instance_count,
         "need_invalidate": args.invalidate,
+        **warming_options(args),
     }
+
+
+def warming_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields beyond the published API, only when given (the service's defaults apply otherwise)."""
+    fields: dict[str, Any] = {}
+    if getattr(args, "no_verify", False):
+        fields["verify"] = False
+    if getattr(args, "until_hit", None) is not None:
+        fields["until_hit"] = args.until_hit
+    if getattr(args, "variant", None):
+        fields["variants"] = [dict([header.split(": ", 1)]) for header in args.variant]
+    for name in ("callback_url", "max_rps"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    return fields
+
+
+def _retry(args: argparse.Namespace) -> int:
+    """Re-run the failed and unfinished (URL, POP, variant) tasks of an ended job as a new job."""
+    body: dict[str, Any] = {"retry_of": args.req_id, **warming_options(args)}
+    for name in ("timeout", "instance_count"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    client = _client(args)
+    accepted = client.prewarm(body)
+    req_id = accepted["request_id"]
+    if not args.watch:
+        if args.json:
+            _print(accepted)
+        else:
+            print(f"request_id {req_id}: retrying the failed tasks of {args.req_id}")
+        return EXIT_OK
+    deadline = (args.timeout or 24 * 60) * 60 + WATCH_GRACE_S
+    return _follow_job(args, client, req_id, deadline, {"submit": accepted})
 
 
 def job_exit_code(progress: dict[str, Any]) -> int:
@@ -180,8 +215,6 @@ def job_exit_code(progress: dict[str, Any]) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from prewarm.progressbar import WatchTimeout, format_summary, watch
-
     args.pops, args.regions, args.countries = (split_list(args.pops), split_list(args.regions),
                                                split_list(args.countries))
     request = build_request(args, collect_urls(args))
@@ -197,26 +230,102 @@ def _submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"request {req_id}: {len(request['url_list'])} URLs, watching (Ctrl-C stops watching, not the job)",
           file=sys.stderr, flush=True)
+    return _follow_job(args, client, req_id, args.timeout * 60 + WATCH_GRACE_S, {"submit": accepted})
+
+
+def _follow_job(args: argparse.Namespace, client: PrewarmClient, req_id: str, deadline_s: float,
+                extra: dict[str, Any]) -> int:
+    """Watch a job to its end (event stream, else polling), print its summary, exit by its outcome."""
+    from prewarm.progressbar import WatchTimeout, follow, format_summary
+
     try:
-        progress = watch(client, req_id, poll_s=args.poll, deadline_s=args.timeout * 60 + WATCH_GRACE_S)
+        progress, summary = follow(client, req_id, poll_s=args.poll, deadline_s=deadline_s,
+                                   use_events=not args.no_events)
     except KeyboardInterrupt:
         print(f"\nstopped watching; the job goes on (prewarm stop {req_id} ends it)", file=sys.stderr)
         return 130
     except WatchTimeout as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    summary = client.summary(req_id)
+    if summary is None:  # polled: the summary is one more call
+        summary = client.summary(req_id)
     if args.json:
-        _print({"request_id": req_id, "status": progress["status"], "submit": accepted,
-                "progress": progress, "summary": summary})
+        _print({"request_id": req_id, "status": progress["status"], **extra, "progress": progress,
+                "summary": summary})
     else:
         print(format_summary(summary))
     return job_exit_code(progress)
 
 
+def _watch(args: argparse.Namespace) -> int:
+    """Follow an already submitted job like ``submit --watch`` does."""
+    client = _client(args)
+    print(f"request {args.req_id}: watching (Ctrl-C stops watching, not the job)", file=sys.stderr, flush=True)
+    return _follow_job(args, client, args.req_id, args.deadline, {})
+
+
+JOB_COLUMNS = (("request_id", "request_id"), ("status", "status"), ("phase", "phase"), ("done", None),
+               ("%", "percentage_complete"), ("ok", "success_count"), ("failed", "failure_count"),
+               ("created_at (UTC)", "created_at"))
+
+
+def format_jobs(jobs: list[dict[str, Any]]) -> str:
+    """``GET /jobs``'s jobs as a table, newest first as the service sent them."""
+    if not jobs:
+        return "no jobs"
+    rows = [[f"{j.get('download_count', 0)}/{j.get('total_count', 0)}" if key is None else str(j.get(key, ""))
+             for _, key in JOB_COLUMNS] for j in jobs]
+    headers = [name for name, _ in JOB_COLUMNS]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    right = {3, 4, 5, 6}
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    answer = _client(args).jobs(status=args.status, limit=args.limit, since=args.since)
+    if args.json:
+        _print(answer)
+    else:
+        print(format_jobs(answer["jobs"]))
+    return EXIT_OK
+
+
 def _add_remote(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--url", default=None, help=f"service base URL (default: $PREWARM_URL or {DEFAULT_URL})")
     cmd.add_argument("--api-key", default=None, help="x-api-key header (default: $PREWARM_API_KEY)")
+
+
+def _add_warming_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--no-verify", action="store_true",
+                     help="skip the HEAD after each fetch that checks the edge now answers Hit")
+    cmd.add_argument("--until-hit", type=int, default=None, metavar="N",
+                     help="re-warm pairs that verify cold up to N rounds (0..5)")
+    cmd.add_argument("--callback-url", default=None, metavar="URL",
+                     help="POST the signed summary here when the job ends")
+    cmd.add_argument("--max-rps", type=float, default=None, metavar="N",
+                     help="cap on the job's requests per second, across all fetchers")
+
+
+def _add_retry(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    retry = sub.add_parser("retry", help="re-run only the failed and unfinished tasks of an ended job",
+                           description="A new job with exactly the failed and unfinished (URL, POP, variant) "
+                                       "tasks of REQ_ID, with its URLs, POPs, headers and variants.")
+    retry.add_argument("req_id")
+    retry.add_argument("--timeout", type=float, default=None, metavar="MINUTES",
+                       help="time limit (default: the original job's)")
+    retry.add_argument("--instance-count", type=int, default=None, help="fetcher nodes (default: the original's)")
+    _add_warming_options(retry)
+    retry.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+    retry.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    retry.add_argument("--no-events", action="store_true", help=argparse.SUPPRESS)
+    retry.add_argument("--json", action="store_true", help="print JSON")
+    _add_remote(retry)
+    retry.set_defaults(func=_retry)
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -244,8 +353,13 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     submit.add_argument("--invalidate", action="store_true", help="invalidate the paths before warming")
     submit.add_argument("-H", "--header", action="append", default=[], type=parse_header, metavar="'NAME: VALUE'",
                         help="extra request header for every fetch (repeatable)")
+    _add_warming_options(submit)
+    submit.add_argument("--variant", action="append", default=[], type=parse_header, metavar="'NAME: VALUE'",
+                        help="a cache-key variant (repeatable): each (URL, POP, variant) is warmed, e.g. "
+                             "--variant 'Accept-Encoding: gzip' --variant 'Accept-Encoding: br'")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
     submit.add_argument("--poll", type=float, default=0.5, metavar="SECONDS", help=argparse.SUPPRESS)
+    submit.add_argument("--no-events", action="store_true", help=argparse.SUPPRESS)  # poll, never stream
     submit.add_argument("--json", action="store_true",
                         help="print JSON: the submit answer, or with --watch {submit, progress, summary}")
     _add_remote(submit)
@@ -268,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     _add_submit(sub)
+    _add_retry(sub)
     for name, func, help_text in (
         ("status", _status, "progress of a job"),
         ("summary", _summary, "summary of a job"),
@@ -278,6 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("req_id")
         _add_remote(cmd)
         cmd.set_defaults(func=func)
+    watch = sub.add_parser("watch", help="follow a job with a progress bar until it ends, then its summary",
+                           description="Like submit --watch for a job already submitted: exit 0 when "
+                                       "everything was warmed, 1 otherwise, 2 on API errors.")
+    watch.add_argument("req_id")
+    watch.add_argument("--json", action="store_true", help="print {request_id, status, progress, summary}")
+    watch.add_argument("--deadline", type=float, default=24 * 3600 + WATCH_GRACE_S, metavar="SECONDS",
+                       help="stop watching after this long (default: a day, the longest job, plus a grace)")
+    watch.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    watch.add_argument("--no-events", action="store_true", help=argparse.SUPPRESS)
+    _add_remote(watch)
+    watch.set_defaults(func=_watch)
+    jobs = sub.add_parser("jobs", help="list jobs, newest first",
+                          description="Jobs newest first with their progress, as a table or --json.")
+    jobs.add_argument("--status", default=None, help="only jobs in this status (IN_PROGRESS, FINISHED, TIMEOUT, "
+                                                     "FAILED, STOPPED)")
+    jobs.add_argument("--limit", type=int, default=None, help="at most this many (1..1000, default 100)")
+    jobs.add_argument("--since", default=None, metavar="TIME",
+                      help="only jobs created at or after TIME ('2024-04-16 03:12:21' UTC, or ISO 8601)")
+    jobs.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    _add_remote(jobs)
+    jobs.set_defaults(func=_jobs)
     inst = sub.add_parser("instances", help="show, or set with --desired, the fetcher node count")
     inst.add_argument("--desired", type=int, default=None)
     _add_remote(inst)
@@ -294,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ApiError as exc:
-        if getattr(args, "json", False) and args.command == "submit":
+        if getattr(args, "json", False) and args.command in ("submit", "watch", "retry"):
             body = exc.body if isinstance(exc.body, dict) else {"status": "Failed", "error_message": exc.message}
             _print({**body, "http_status": exc.status})
         print(f"error: {exc}", file=sys.stderr)

@@ -20,12 +20,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+if TYPE_CHECKING:  # boto3 and botocore load on first AWS use: most jobs and every fetcher never need them
+    from botocore.config import Config
 
 MAX_PATHS_PER_INVALIDATION = 3000
 """CloudFront allows invalidations for 3,000 individual paths per distribution in progress at once."""
@@ -36,12 +36,20 @@ MAX_PATH_LENGTH = 4000
 MAX_BACKOFF_S = 30.0
 """Longest wait between two CreateInvalidation attempts refused with TooManyInvalidationsInProgress."""
 
-CLIENT_CONFIG = Config(
-    connect_timeout=5,
-    read_timeout=30,
-    retries={"mode": "standard", "max_attempts": 5},
-)
-"""Every call is bounded in time; throttling and transient errors are retried by botocore itself."""
+
+@cache
+def client_config() -> Config:
+    """Every call is bounded in time; throttling and transient errors are retried by botocore itself."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=5, read_timeout=30, retries={"mode": "standard", "max_attempts": 5})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CLIENT_CONFIG":  # the module constant it was before boto3 loaded lazily
+        return client_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden"}
 _BAD_CREDENTIALS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
@@ -84,10 +92,14 @@ def _rebuild_error(cls: type[CloudFrontError], message: str, action: str, code: 
 def make_clients(region: str | None = None, *, config: Config | None = None) -> tuple[Any, Any]:
     """(cloudfront, s3) clients from boto3's standard credential, region and endpoint chain.
 
-    ``CLIENT_CONFIG`` bounds every call (connect and read timeouts, standard retry mode); ``config``
+    ``client_config()`` bounds every call (connect and read timeouts, standard retry mode); ``config``
     overrides parts of it. The S3 client signs with SigV4. Creating the clients makes no network call.
     """
-    merged = CLIENT_CONFIG.merge(config) if config is not None else CLIENT_CONFIG
+    import boto3.session
+    from botocore.config import Config
+
+    base = client_config()
+    merged = base.merge(config) if config is not None else base
     session = boto3.session.Session(region_name=region)
     # SigV4 for presigned report URLs: botocore may otherwise presign with SigV2, which S3 is retiring.
     s3_config = Config(signature_version="s3v4").merge(merged)
@@ -96,6 +108,8 @@ def make_clients(region: str | None = None, *, config: Config | None = None) -> 
 
 def _error(action: str, exc: Exception) -> CloudFrontError:
     """botocore's exception -> a CloudFrontError whose message says which action failed and why."""
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return CloudFrontError(
             f"{action} failed: no usable AWS credentials ({exc}); looked in the environment, the shared "
@@ -122,8 +136,12 @@ def aws_errors(action: str) -> Iterator[None]:
     """Turn botocore's exceptions raised inside the block into a CloudFrontError naming ``action``."""
     try:
         yield
-    except (BotoCoreError, ClientError) as exc:
-        raise _error(action, exc) from exc
+    except Exception as exc:
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded already: the block used boto3
+
+        if isinstance(exc, BotoCoreError | ClientError):
+            raise _error(action, exc) from exc
+        raise
 
 
 def aws_call(action: str, call: Callable[..., Any], **kwargs: Any) -> Any:

@@ -25,8 +25,9 @@ from prewarm.cluster import ON_HEAD, choose_nodes
 from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
+from prewarm.pacing import share_of
 from prewarm.plan import Lane, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
-from prewarm.progress import ResultRow
+from prewarm.progress import ResultRow, result_row
 from prewarm.resolve import Resolver
 from prewarm.settings import Settings
 from prewarm.state import coordinator_name, get_state_actor
@@ -67,6 +68,8 @@ class Coordinator:
         self.fetchers: list[Any] = []
         self.dead: set[int] = set()
         self.dispatched = 0
+        self.n_variants = len(self.request.variant_labels())
+        self.busy: dict[int, int] = {}  # lane id -> the fetcher it is sent to, while it has work
         self.log = JobLog(log, {"req_id": req_id})
 
     def pid(self) -> int:
@@ -121,9 +124,10 @@ class Coordinator:
             if req.need_invalidate:
                 await self._invalidate()
             await self.state.set_phase.remote(self.req_id, "probing")
-            sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, len(pops))
+            n_cols = len(pops) * self.n_variants
+            sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, n_cols)
             await self.state.set_plan.remote(
-                self.req_id, [p.pop for p in pops], failures, sum(sizes.values()) * len(pops), probe_rows
+                self.req_id, [p.pop for p in pops], failures, sum(sizes.values()) * n_cols, probe_rows
             )
             point = await self.state.resume_point.remote(self.req_id)
         else:
@@ -133,21 +137,26 @@ class Coordinator:
             await starting
             lost = [i for i, r in enumerate(resolved) if r.problem]
             if lost:
-                rows = [(int(t), 0, "", "", 0, 0, 0.0, "dns", failures[resolved[int(t) % len(pops)].pop])
-                        for t in point["pending"] if int(t) % len(pops) in lost]
+                n_cols = len(pops) * self.n_variants
+                rows = [result_row(int(t), error_class="dns", message=failures[resolved[pop].pop])
+                        for t in point["pending"] if (pop := int(t) % n_cols // self.n_variants) in lost]
                 await self.state.record.remote(self.req_id, rows)
                 point = await self.state.resume_point.remote(self.req_id)
         await self.state.set_phase.remote(self.req_id, "warming")
         self.dispatched = point["done"]
-        lanes = plan_lanes(point["pending"], len(pops), len(self.fetchers))
-        self.log.info("warming %d tasks: %d POPs, %d lanes over %d fetchers (%d unavailable POPs)",
-                      len(point["pending"]), len(pops), len(lanes), len(self.fetchers), len(failures))
+        n_cols = len(pops) * self.n_variants
+        lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
+        self.log.info("warming %d tasks: %d POPs x %d variant(s), %d lanes over %d fetchers (%d unavailable POPs)",
+                      len(point["pending"]), len(pops), self.n_variants, len(lanes), len(self.fetchers),
+                      len(failures))
         names = [p.pop for p in pops]
         addresses = [p.addresses for p in pops]
-        limits = per_fetcher_limits(lanes, len(pops), req.max_concurrency or self.settings.max_concurrency)
+        limits = per_fetcher_limits(lanes, n_cols, req.max_concurrency or self.settings.max_concurrency,
+                                    self.n_variants)
+        self.busy = {lane.lane_id: self._alive_owner(lane.owner) for lane in lanes}
         ticker = asyncio.create_task(self._report_dispatched())
         try:
-            await asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.pop_index]) for lane in lanes))
+            await asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.column]) for lane in lanes))
         finally:
             ticker.cancel()
         return "FINISHED", ""
@@ -179,7 +188,8 @@ class Coordinator:
                 FetcherActor.options(
                     scheduling_strategy=strategy, name=fetcher_name(self.req_id, f"{generation}-{n}-{i}"),
                     namespace=self.settings.namespace,
-                ).remote(self.req_id, self.settings, self.request.header)
+                ).remote(self.req_id, self.settings, self.request.variant_headers(), self.request.verify,
+                         self.request.until_hit)
                 for i in range(slot.fetchers)
             ])
         candidates = interleave_by_node(by_node)
@@ -197,15 +207,17 @@ class Coordinator:
         self.fetchers = started
         await self.state.set_nodes.remote(self.req_id, node_ids)
 
-    async def _probe(self, pop: str, addresses: list[str], n_pops: int) -> tuple[dict[int, int], list[ResultRow]]:
-        """HEAD every URL through one POP: sizes for ``total_size``; 4xx URLs are failed on every POP."""
+    async def _probe(self, pop: str, addresses: list[str], n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
+        """HEAD every URL through one POP: sizes for ``total_size``; 4xx URLs are failed on every column."""
         urls = self.request.url_list
         size = self.settings.batch_size
         chunks = [[(i, urls[i]) for i in range(s, min(s + size, len(urls)))] for s in range(0, len(urls), size)]
         cap = self.request.max_concurrency or self.settings.max_concurrency
         limit = max(1, cap // len(self.fetchers))  # every fetcher probes through this one POP
+        rps = share_of(self.request.max_rps, len(self.fetchers))
         results = await self._spread(
-            lambda fetcher, chunk: fetcher.probe_batch.remote(pop, addresses, chunk, self.deadline, limit), chunks
+            lambda fetcher, chunk: fetcher.probe_batch.remote(pop, addresses, chunk, self.deadline, limit, rps),
+            chunks,
         )
         sizes: dict[int, int] = {}
         rows: list[ResultRow] = []
@@ -213,7 +225,8 @@ class Coordinator:
             if 400 <= status < 500 and status != 429:
                 note = f"size probe through {pop} answered {message or status}; not sent to the POPs"
                 rows.extend(
-                    (index * n_pops + p, status, "", "", 0, 0, 0.0, f"http_{status}", note) for p in range(n_pops)
+                    result_row(index * n_cols + c, status, error_class=f"http_{status}", message=note)
+                    for c in range(n_cols)
                 )
             elif not error_class and length is not None:
                 sizes[index] = length
@@ -246,33 +259,48 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 ray.kill(self.fetchers[index])
 
+    def _rps_share(self) -> float | None:
+        """Each busy fetcher's part of ``max_rps``: the cap split over the fetchers that still have lanes."""
+        return share_of(self.request.max_rps, len(set(self.busy.values())))
+
+    def _batch_size(self) -> int:
+        """Batches of about two seconds' work under a rate cap, so progress moves while paced."""
+        share = self._rps_share()
+        size = self.settings.batch_size
+        return size if share is None else max(1, min(size, int(share * 2)))
+
     async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]], limit: int) -> None:
         """Feed a lane's batches to its owner, a few in flight; on the owner's death, to a survivor."""
-        n_pops = len(pops)
+        n_cols = len(pops) * self.n_variants
+        pop, variant = divmod(lane.column, self.n_variants)
         urls = self.request.url_list
-        pending = deque(lane_batches(lane, n_pops, self.settings.batch_size))
+        pending = deque(lane_batches(lane, n_cols, self._batch_size()))
         inflight: dict[asyncio.Future[Any], tuple[list[int], int]] = {}
         owner = self._alive_owner(lane.owner)
-        while pending or inflight:
-            while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
-                batch = pending.popleft()
-                tasks = [(t, urls[t // n_pops]) for t in batch]
-                ref = self.fetchers[owner].fetch_batch.remote(
-                    pops[lane.pop_index], addresses[lane.pop_index], tasks, self.deadline, limit
-                )
-                inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
-                self.dispatched += len(batch)
-            done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                batch, sent_to = inflight.pop(future)
-                try:
-                    future.result()
-                except RayActorError:
-                    self.dispatched -= len(batch)
-                    self._mark_dead(sent_to)
-                    if owner == sent_to:
-                        owner = self._alive_owner(owner + 1)
-                    pending.appendleft(batch)
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
+                    batch = pending.popleft()
+                    tasks = [(t, urls[t // n_cols]) for t in batch]
+                    self.busy[lane.lane_id] = owner
+                    ref = self.fetchers[owner].fetch_batch.remote(
+                        pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share()
+                    )
+                    inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
+                    self.dispatched += len(batch)
+                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    batch, sent_to = inflight.pop(future)
+                    try:
+                        future.result()
+                    except RayActorError:
+                        self.dispatched -= len(batch)
+                        self._mark_dead(sent_to)
+                        if owner == sent_to:
+                            owner = self._alive_owner(owner + 1)
+                        pending.appendleft(batch)
+        finally:
+            self.busy.pop(lane.lane_id, None)  # its fetcher's rate share goes to those still busy
 
     async def _report_dispatched(self) -> None:
         last = -1

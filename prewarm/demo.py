@@ -28,8 +28,11 @@ def demo_paths(count: int = DEMO_ASSETS) -> list[str]:
     return [*paths, MISSING_PATH]
 
 
-def edge_x_cache(address: str, url: str, ca_file: str) -> str:
-    """GET ``url`` through one edge address as a viewer would (Host and SNI = the URL's host)."""
+def edge_x_cache(address: str, url: str, ca_file: str, accept_encoding: str = "gzip, deflate, br") -> str:
+    """GET ``url`` through one edge address as a viewer would (Host and SNI = the URL's host).
+
+    A browser's Accept-Encoding by default: the edges' cache key holds its normalised form.
+    """
     parts = urlsplit(url)
     context = ssl.create_default_context(cafile=ca_file)
     conn = http.client.HTTPSConnection(address, 443, timeout=10, context=context)
@@ -38,7 +41,8 @@ def edge_x_cache(address: str, url: str, ca_file: str) -> str:
         socket.create_connection((address, 443), timeout=10), server_hostname=parts.hostname
     )
     try:
-        conn.request("GET", parts.path or "/", headers={"Host": parts.hostname or ""})
+        conn.request("GET", parts.path or "/", headers={"Host": parts.hostname or "",
+                                                         "Accept-Encoding": accept_encoding})
         resp = conn.getresponse()
         resp.read()
         return resp.getheader("X-Cache", "")

@@ -10,19 +10,28 @@ import ray
 
 from prewarm.fetch import PopClient
 from prewarm.metrics import record_batch
-from prewarm.progress import ResultRow
+from prewarm.pacing import Pacer
+from prewarm.progress import ResultRow, is_hit
 from prewarm.settings import Settings
 from prewarm.state import get_state_actor
 
 
 class Fetcher:
-    """Fetches batches of (task id, URL) through one POP each; one actor call per batch, never per URL."""
+    """Fetches batches of (task id, URL) through one POP each; one actor call per batch, never per URL.
 
-    def __init__(self, req_id: str, settings: Settings, headers: dict[str, str]) -> None:
+    After a successful GET it verifies the pair (a HEAD through the same POP address, reading X-Cache)
+    and re-warms a cold pair up to ``until_hit`` times. Every request waits for the job's pacer share.
+    """
+
+    def __init__(self, req_id: str, settings: Settings, variant_headers: list[dict[str, str]],
+                 verify: bool = False, until_hit: int = 0) -> None:
         self._req_id = req_id
         self._settings = settings
-        self._headers = headers
-        self._clients: dict[tuple[str, int], PopClient] = {}
+        self._variant_headers = variant_headers or [{}]
+        self._verify = verify
+        self._until_hit = until_hit
+        self._clients: dict[tuple[str, int, int], PopClient] = {}
+        self._pacer = Pacer()
         self._state = get_state_actor(settings)
 
     def node_id(self) -> str:
@@ -31,42 +40,72 @@ class Fetcher:
     def pid(self) -> int:
         return os.getpid()
 
-    def _client(self, pop: str, addresses: list[str], limit: int) -> PopClient:
-        """The pool for a POP at a concurrency cap (the probe and the warm-up may use different caps)."""
-        client = self._clients.get((pop, limit))
+    def _client(self, pop: str, addresses: list[str], limit: int, variant: int = 0) -> PopClient:
+        """The pool for a (POP, variant) at a concurrency cap (the probe and the warm-up may use different caps)."""
+        key = (pop, variant, limit)
+        client = self._clients.get(key)
         if client is None or client.addresses != addresses:
-            client = PopClient(pop, addresses, self._settings, self._headers, limit)
-            self._clients[(pop, limit)] = client
+            client = PopClient(pop, addresses, self._settings, self._variant_headers[variant], limit)
+            self._clients[key] = client
         return client
 
     async def fetch_batch(
-        self, pop: str, addresses: list[str], tasks: list[tuple[int, str]], deadline: float, limit: int
+        self, pop: str, addresses: list[str], tasks: list[tuple[int, str]], deadline: float, limit: int,
+        variant: int = 0, rps: float | None = None,
     ) -> int:
         """Fetch every task of the batch, hand the results to the state actor, return how many.
 
-        ``limit`` is this fetcher's share of the job's per-POP concurrency cap.
+        ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of
+        the job's request-rate cap (None: no cap).
         """
-        client = self._client(pop, addresses, limit)
+        self._pacer.set_rate(rps)
+        client = self._client(pop, addresses, limit, variant)
         queue = deque(tasks)
         rows: list[ResultRow] = []
 
         async def worker() -> None:  # a few long-lived workers: cheaper than a task per URL
             while queue:
                 task_id, url = queue.popleft()
-                r = await client.fetch(url, "GET", deadline)
-                rows.append((task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts,
-                             round(r.elapsed_ms, 1), r.error_class, r.error_message))
+                rows.append(await self._warm(client, task_id, url, deadline))
 
         await asyncio.gather(*(worker() for _ in range(min(len(tasks), client.concurrency))))
         await self._state.record.remote(self._req_id, rows)
         record_batch(pop, rows)
         return len(rows)
 
+    async def _warm(self, client: PopClient, task_id: int, url: str, deadline: float) -> ResultRow:
+        """GET the pair; then verify it and re-warm it while cold, through the address that answered."""
+        await self._pacer.wait()
+        r = await client.fetch(url, "GET", deadline)
+        verify_x_cache, age, rounds = "", -1, 1
+        if self._verify and r.ok:
+            for round_ in range(self._until_hit + 1):
+                await self._pacer.wait()
+                check = await client.fetch(url, "HEAD", deadline, address=r.address)
+                verify_x_cache = check.x_cache if check.ok else f"verify failed: {check.error_class}"
+                age = check.age if check.ok and check.age is not None else -1
+                if is_hit(verify_x_cache) or round_ == self._until_hit:
+                    break
+                await self._pacer.wait()
+                await client.fetch(url, "GET", deadline, address=r.address)
+                rounds += 1
+        return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1),
+                r.error_class, r.error_message, verify_x_cache, age, rounds)
+
     async def probe_batch(
-        self, pop: str, addresses: list[str], items: list[tuple[int, str]], deadline: float, limit: int
+        self, pop: str, addresses: list[str], items: list[tuple[int, str]], deadline: float, limit: int,
+        rps: float | None = None,
     ) -> list[ProbeRow]:
         """HEAD each URL through one POP: its size, or the 4xx that spares sending it to every POP."""
-        return await probe_urls(self._client(pop, addresses, limit), items, deadline)
+        self._pacer.set_rate(rps)
+        client = self._client(pop, addresses, limit)
+
+        async def one(index: int, url: str) -> ProbeRow:
+            await self._pacer.wait()
+            r = await client.fetch(url, "HEAD", deadline)
+            return (index, r.status, r.content_length, r.error_class, r.error_message)
+
+        return list(await asyncio.gather(*(one(i, u) for i, u in items)))
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
@@ -79,10 +118,3 @@ FetcherActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)(Fetc
 ProbeRow = tuple[int, int, int | None, str, str]
 """(url_index, status_code, content_length, error_class, error_message) of one size probe."""
 
-
-async def probe_urls(client: PopClient, items: list[tuple[int, str]], deadline: float) -> list[ProbeRow]:
-    async def one(index: int, url: str) -> ProbeRow:
-        r = await client.fetch(url, "HEAD", deadline)
-        return (index, r.status, r.content_length, r.error_class, r.error_message)
-
-    return list(await asyncio.gather(*(one(i, u) for i, u in items)))

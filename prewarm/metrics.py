@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from functools import cache
+from typing import TYPE_CHECKING
 
 from ray.util.metrics import Counter, Histogram
 
-from prewarm.progress import ResultRow
+if TYPE_CHECKING:  # only a type here: importing progress at run time pulls numpy into every fetcher
+    from prewarm.progress import ResultRow
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 

@@ -29,6 +29,10 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 MAX_TIMEOUT_MINUTES = 24 * 60
 MAX_INSTANCES = 300
 MAX_CONCURRENCY = 1024
+MAX_VARIANTS = 16
+MAX_UNTIL_HIT = 5
+MAX_RPS = 100_000
+MAX_COLD_PAIRS = 10_000  # listed in a summary; the count is always exact
 HARD_MAX_URL_LENGTH = 8192
 STATUSES = ("IN_PROGRESS", "FINISHED", "TIMEOUT", "FAILED", "STOPPED")
 FINAL_STATUSES = frozenset(STATUSES[1:])
@@ -176,6 +180,26 @@ class PrewarmRequest(BaseModel):
         description=f"Cap on concurrent fetches per POP for this job (1..{MAX_CONCURRENCY}); "
         "default PREWARM_MAX_CONCURRENCY.",
     )
+    verify: Boolean = Field(
+        default=True, description="After each successful fetch, HEAD it through the same POP address and read X-Cache."
+    )
+    until_hit: Integer = Field(
+        default=0, description=f"Re-warm pairs that verify cold up to this many rounds (0..{MAX_UNTIL_HIT})."
+    )
+    variants: list[Annotated[dict[str, str], BeforeValidator(parse_headers)]] | None = Field(
+        default=None,
+        description="Header sets a cache keys on (e.g. Accept-Encoding); each (URL, POP, variant) is a task. "
+        "Each is added to `header`. Default: one variant, `header` alone.",
+    )
+    callback_url: str | None = Field(
+        default=None, description="POSTed the signed summary (JSON) when the job ends."
+    )
+    max_rps: Number | None = Field(
+        default=None, description="Cap on requests per second for the whole job, across every fetcher and node."
+    )
+    retry_of: str | None = Field(
+        default=None, description="Set by the service on a retry job: the job whose failed tasks it re-runs."
+    )
 
     @field_validator("url_list")
     @classmethod
@@ -216,6 +240,49 @@ class PrewarmRequest(BaseModel):
             raise ValueError(f"must be between 1 and {MAX_CONCURRENCY}")
         return value
 
+    @field_validator("until_hit")
+    @classmethod
+    def _until_hit(cls, value: int) -> int:
+        if not 0 <= value <= MAX_UNTIL_HIT:
+            raise ValueError(f"must be between 0 and {MAX_UNTIL_HIT}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+        if value is None:
+            return None
+        if not 1 <= len(value) <= MAX_VARIANTS:
+            raise ValueError(f"must hold 1 to {MAX_VARIANTS} header objects")
+        keys = [tuple(sorted((k.lower(), v) for k, v in v_.items())) for v_ in value]
+        if len(set(keys)) != len(keys):
+            raise ValueError("holds the same variant twice")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from prewarm.webhook import callback_url_problem  # webhook imports this module
+
+        problem = callback_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("max_rps")
+    @classmethod
+    def _max_rps(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= MAX_RPS:
+            raise ValueError(f"must be more than 0 and at most {MAX_RPS}")
+        return value
+
+    @field_validator("retry_of")
+    @classmethod
+    def _retry_of(cls, value: str | None) -> str | None:
+        return None if value is None else parse_req_id(value)
+
     @field_validator("instance_count")
     @classmethod
     def _instances(cls, value: int) -> int:
@@ -233,6 +300,65 @@ class PrewarmRequest(BaseModel):
 
     def deadline(self, start: datetime) -> datetime:
         return start + timedelta(minutes=self.timeout)
+
+    def variant_headers(self) -> list[dict[str, str]]:
+        """The request headers of each variant: ``header`` with the variant's headers on top."""
+        return [{**self.header, **v} for v in (self.variants or [{}])]
+
+    def variant_labels(self) -> list[str]:
+        """How reports name each variant (empty for the single default variant)."""
+        return [variant_label(v) for v in (self.variants or [{}])]
+
+
+def variant_label(headers: dict[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in headers.items())
+
+
+# Fields a retry job takes from the job it retries; they may not be given beside ``retry_of``.
+INHERITED_FIELDS = ("url_list", "cf_domain", "target_type", "pops", "countries", "regions", "header", "variants")
+
+
+class RetryRequest(BaseModel):
+    """``POST /prewarm`` with ``retry_of``: re-run the failed and unfinished tasks of an ended job.
+
+    URLs, targets, headers and variants come from that job; the other fields may be changed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    retry_of: str
+    timeout: Number | None = None
+    instance_count: Integer | None = None
+    need_invalidate: Boolean = False
+    max_concurrency: Integer | None = None
+    verify: Boolean | None = None
+    until_hit: Integer | None = None
+    callback_url: str | None = None
+    max_rps: Number | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inherited(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [f for f in INHERITED_FIELDS if f in data]
+            if given:
+                raise ValueError(
+                    f"field '{given[0]}' cannot be given with retry_of: a retry re-runs the failed tasks of that "
+                    "job with its URLs, targets and headers"
+                )
+        return data
+
+    @field_validator("retry_of")
+    @classmethod
+    def _retry_of(cls, value: str) -> str:
+        return parse_req_id(value)
+
+    def build(self, original: dict[str, Any]) -> PrewarmRequest:
+        """The retry job's full request: the original's, with the fields given here on top."""
+        changes = self.model_dump(exclude_unset=True)
+        merged = {k: v for k, v in original.items() if k != "retry_of"}
+        merged.update(changes)
+        return PrewarmRequest.model_validate(merged)
 
 
 class RequestError(Exception):
@@ -267,7 +393,8 @@ def request_error(exc: ValidationError) -> RequestError:
         elif err["type"] == "json_invalid":
             messages.append(f"request body is not valid JSON: {err['msg']}")
         elif field == "body":
-            messages.append(f"request body: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            messages.append(msg if msg.startswith("field '") else f"request body: {msg}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             messages.append(f"field '{field}': {msg}")
@@ -327,10 +454,36 @@ class ProgressResponse(BaseModel):
     success_count: int
     failure_count: int
     nodes_used: int
+    verified_hit_count: int = Field(
+        default=0, description="Successful pairs whose verification HEAD through the same POP address was a Hit."
+    )
+    warm_ratio: float | None = Field(
+        default=None, description="verified_hit_count / success_count (1.0: every success is a Hit); null "
+        "without verification or before the first success."
+    )
     error_message: str = ""
     created_at: str
     last_update_time: str
     timestamp: str
+
+
+class ColdPair(BaseModel):
+    """A pair fetched successfully whose verification was not a Hit."""
+
+    url: str
+    pop: str
+    variant: str = ""
+    x_cache: str
+
+
+class WebhookStatus(BaseModel):
+    url: str
+    attempts: int
+    delivered: bool
+    last_status: int | None = None
+    last_error: str = ""
+    last_attempt_at: str = ""
+    gave_up: bool = False
 
 
 class SummaryResponse(BaseModel):
@@ -342,6 +495,14 @@ class SummaryResponse(BaseModel):
     success_count: int
     failure_count: int
     pops: list[PopStats]
+    verified_hit_count: int = 0
+    warm_ratio: float | None = None
+    cold_pairs: list[ColdPair] = Field(
+        default_factory=list, description=f"Pairs that did not verify as a Hit (the first {MAX_COLD_PAIRS:,})."
+    )
+    cold_pair_count: int = 0
+    retry_of: str | None = None
+    webhook: WebhookStatus | None = None
     error_message: str = ""
     created_at: str
     last_update_time: str
@@ -386,3 +547,11 @@ class InstancesQueryResponse(InstancesResponse):
     desiredcapacity: int
     alive_count: int = Field(description="Alive Ray nodes, head included.")
     fetcher_count: int = Field(description="Alive nodes marked as fetcher nodes (prewarm_fetcher).")
+
+
+class JobsResponse(BaseModel):
+    """``GET /jobs``: the selected jobs' progress bodies, newest first."""
+
+    jobs: list[ProgressResponse]
+    count: int = Field(description="Number of jobs in this answer (at most limit).")
+    timestamp: str

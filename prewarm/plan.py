@@ -1,4 +1,7 @@
-"""The work plan: tasks -> lanes (POP, share of the URLs), each owned by one fetcher -> batches."""
+"""The work plan: tasks -> lanes (column, share of the URLs), each owned by one fetcher -> batches.
+
+A column is a (POP, variant) pair of the task grid (see ``progress``); with one variant, a POP.
+"""
 
 from __future__ import annotations
 
@@ -9,46 +12,46 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Lane:
-    """A POP and a share of the URLs; exactly one fetcher owns it, so the POP's pool lives there."""
+    """A column and a share of the URLs; exactly one fetcher owns it, so the POP's pool lives there."""
 
     lane_id: int
-    pop_index: int
+    column: int
     url_indices: tuple[int, ...]
     owner: int
 
 
-def plan_lanes(task_ids: Sequence[int], n_pops: int, n_fetchers: int) -> list[Lane]:
-    """Split the tasks so every fetcher gets lanes and every POP is spread evenly over fetchers.
+def plan_lanes(task_ids: Sequence[int], n_cols: int, n_fetchers: int) -> list[Lane]:
+    """Split the tasks so every fetcher gets lanes and every column is spread evenly over fetchers.
 
-    With at least as many POPs as fetchers, a lane is a POP's whole share of the tasks; otherwise each
-    POP's URLs are cut into enough shares to give every fetcher work. ``task_ids`` may be any subset
-    (a resumed job plans only what is left).
+    With at least as many columns as fetchers, a lane is a column's whole share of the tasks; otherwise
+    each column's URLs are cut into enough shares to give every fetcher work. ``task_ids`` may be any
+    subset (a resumed job plans only what is left; a retry job holds only some tasks).
     """
     if n_fetchers < 1:
         raise ValueError("need at least one fetcher")
-    if n_pops == 0:
+    if n_cols == 0:
         return []
-    per_pop: list[list[int]] = [[] for _ in range(n_pops)]
+    per_col: list[list[int]] = [[] for _ in range(n_cols)]
     for task in sorted(int(t) for t in task_ids):
-        per_pop[task % n_pops].append(task // n_pops)
-    active = [p for p in range(n_pops) if per_pop[p]]
+        per_col[task % n_cols].append(task // n_cols)
+    active = [p for p in range(n_cols) if per_col[p]]
     if not active:
         return []
     shares = max(1, math.ceil(n_fetchers / len(active)))
     lanes: list[Lane] = []
     for share in range(shares):
-        for pop in active:
-            urls = per_pop[pop]
+        for col in active:
+            urls = per_col[col]
             size = math.ceil(len(urls) / shares)
             part = tuple(urls[share * size : (share + 1) * size])
             if part:
-                lanes.append(Lane(len(lanes), pop, part, owner=len(lanes) % n_fetchers))
+                lanes.append(Lane(len(lanes), col, part, owner=len(lanes) % n_fetchers))
     return lanes
 
 
-def lane_batches(lane: Lane, n_pops: int, batch_size: int) -> Iterator[list[int]]:
+def lane_batches(lane: Lane, n_cols: int, batch_size: int) -> Iterator[list[int]]:
     """Task ids of the lane in batches: one actor call carries a whole batch, never one URL."""
-    ids = [u * n_pops + lane.pop_index for u in lane.url_indices]
+    ids = [u * n_cols + lane.column for u in lane.url_indices]
     for start in range(0, len(ids), batch_size):
         yield ids[start : start + batch_size]
 
@@ -61,9 +64,13 @@ def interleave_by_node(fetchers_by_node: Sequence[Sequence[object]]) -> list[obj
     return out
 
 
-def per_fetcher_limits(lanes: Sequence[Lane], n_pops: int, max_concurrency: int) -> list[int]:
-    """Each POP's concurrency cap split over the fetchers that hold its lanes (at least 1 each)."""
-    holders: list[set[int]] = [set() for _ in range(n_pops)]
+def per_fetcher_limits(lanes: Sequence[Lane], n_cols: int, max_concurrency: int, n_variants: int = 1) -> list[int]:
+    """Each column's share of its POP's concurrency cap (at least 1).
+
+    A fetcher keeps one pool per column it holds, so the POP's cap is split over the distinct
+    (fetcher, column) pairs of that POP's columns: the POP never sees more than the cap at once.
+    """
+    pools: list[set[tuple[int, int]]] = [set() for _ in range(max(1, n_cols // max(1, n_variants)))]
     for lane in lanes:
-        holders[lane.pop_index].add(lane.owner)
-    return [max(1, max_concurrency // max(1, len(h))) for h in holders]
+        pools[lane.column // n_variants].add((lane.owner, lane.column))
+    return [max(1, max_concurrency // max(1, len(pools[c // n_variants]))) for c in range(n_cols)]

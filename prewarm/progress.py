@@ -1,30 +1,48 @@
 """Per-job progress: a compact per-task result table and the arithmetic behind the progress fields.
 
-Task ``t`` is (URL ``t // n_pops``, POP ``t % n_pops``). Results are kept in numpy columns indexed by
-task id, so memory is a few bytes per task whatever the job's size, and a task recorded twice (a
-batch retried after a fetcher died) is counted once: the first result wins.
+Task ``t`` is (URL ``t // n_cols``, column ``t % n_cols``), a column being (POP ``c // n_variants``,
+variant ``c % n_variants``); with one variant that is the plain (URL, POP) grid. Results are kept in
+numpy columns indexed by task id, so memory is a few bytes per task whatever the job's size, and a
+task recorded twice (a batch retried after a fetcher died) is counted once: the first result wins.
+A retry job holds only some tasks of its grid: the others are ``skipped`` and count nowhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 X_CACHE_CODES = ("", "Hit from cloudfront", "Miss from cloudfront")
 
-ResultRow = tuple[int, int, str, str, int, int, float, str, str]
-"""(task_id, status_code, x_cache, address, bytes, attempts, elapsed_ms, error_class, error_message);
-``error_class`` is empty for a success."""
+ResultRow = tuple[int, int, str, str, int, int, float, str, str, str, int, int]
+"""(task_id, status_code, x_cache, address, bytes, attempts, elapsed_ms, error_class, error_message,
+verify_x_cache, age, rounds); ``error_class`` is empty for a success, ``verify_x_cache`` empty when the
+pair was not verified, ``age`` -1 when unknown, ``rounds`` the GETs sent (1 + re-warms)."""
+
+
+def result_row(task: int, status: int = 0, x_cache: str = "", address: str = "", nbytes: int = 0,
+               attempts: int = 0, elapsed_ms: float = 0.0, error_class: str = "", message: str = "",
+               verify_x_cache: str = "", age: int = -1, rounds: int = 0) -> ResultRow:
+    return (task, status, x_cache, address, nbytes, attempts, elapsed_ms, error_class, message,
+            verify_x_cache, age, rounds)
+
+
+def is_hit(x_cache: str) -> bool:
+    """CloudFront's X-Cache says the edge answered from its cache (``Hit`` or ``RefreshHit``)."""
+    value = x_cache.strip().lower()
+    return value.startswith("hit") or value.startswith("refreshhit")
 
 
 @dataclass
 class TaskTable:
     urls: list[str]
     pops: list[str]
+    variants: list[str] = field(default_factory=lambda: [""])
     done: np.ndarray = field(init=False)
     ok: np.ndarray = field(init=False)
+    skipped: np.ndarray = field(init=False)
     status: np.ndarray = field(init=False)
     nbytes: np.ndarray = field(init=False)
     elapsed_ms: np.ndarray = field(init=False)
@@ -32,18 +50,27 @@ class TaskTable:
     x_cache: np.ndarray = field(init=False)
     address: np.ndarray = field(init=False)
     error: np.ndarray = field(init=False)
+    verify_x_cache: np.ndarray = field(init=False)
+    age: np.ndarray = field(init=False)
+    rounds: np.ndarray = field(init=False)
     messages: dict[int, str] = field(default_factory=dict)
     error_classes: list[str] = field(default_factory=lambda: [""])
     x_cache_values: list[str] = field(default_factory=lambda: list(X_CACHE_CODES))
     addresses: list[str] = field(default_factory=lambda: [""])
     done_count: int = 0
     success_count: int = 0
+    verified_count: int = 0
+    verified_hit_count: int = 0
     download_size: int = 0
+    skipped_count: int = 0
 
     def __post_init__(self) -> None:
-        n = self.total
+        if not self.variants:
+            self.variants = [""]
+        n = self.grid
         self.done = np.zeros(n, dtype=bool)
         self.ok = np.zeros(n, dtype=bool)
+        self.skipped = np.zeros(n, dtype=bool)
         self.status = np.zeros(n, dtype=np.int16)
         self.nbytes = np.zeros(n, dtype=np.int64)
         self.elapsed_ms = np.zeros(n, dtype=np.float32)
@@ -51,23 +78,59 @@ class TaskTable:
         self.x_cache = np.zeros(n, dtype=np.int16)
         self.address = np.zeros(n, dtype=np.int32)
         self.error = np.zeros(n, dtype=np.int16)
+        self.verify_x_cache = np.zeros(n, dtype=np.int16)
+        self.age = np.full(n, -1, dtype=np.int32)
+        self.rounds = np.zeros(n, dtype=np.int8)
+
+    @property
+    def n_cols(self) -> int:
+        """Columns of the grid: one per (POP, variant)."""
+        return len(self.pops) * len(self.variants)
+
+    @property
+    def grid(self) -> int:
+        return len(self.urls) * self.n_cols
 
     @property
     def total(self) -> int:
-        return len(self.urls) * len(self.pops)
+        return self.grid - self.skipped_count
 
     @property
     def failure_count(self) -> int:
         return self.done_count - self.success_count
 
-    def task_id(self, url_index: int, pop_index: int) -> int:
-        return url_index * len(self.pops) + pop_index
+    @property
+    def warm_ratio(self) -> float | None:
+        """Verified hits / successes; None until something verified."""
+        return None if not self.verified_count else round(self.verified_hit_count / self.success_count, 4)
 
-    def record(self, rows: Iterable[ResultRow]) -> int:
+    def task_id(self, url_index: int, pop_index: int, variant: int = 0) -> int:
+        return url_index * self.n_cols + pop_index * len(self.variants) + variant
+
+    def url_index(self, tasks: np.ndarray | int) -> np.ndarray | int:
+        return tasks // max(1, self.n_cols)
+
+    def pop_index(self, tasks: np.ndarray | int) -> np.ndarray | int:
+        return (tasks % max(1, self.n_cols)) // len(self.variants)
+
+    def variant_index(self, tasks: np.ndarray | int) -> np.ndarray | int:
+        return tasks % len(self.variants)
+
+    def keep_only(self, tasks: Sequence[int]) -> None:
+        """Make the job hold only these tasks of its grid (a retry job); call before any result."""
+        keep = np.zeros(self.grid, dtype=bool)
+        ids = np.asarray([t for t in tasks if 0 <= t < self.grid], dtype=np.int64)
+        keep[ids] = True
+        self.skipped = ~keep
+        self.done |= self.skipped
+        self.skipped_count = int(self.skipped.sum())
+
+    def record(self, rows: Iterable[Sequence]) -> int:
         """Store results; returns how many were new (duplicates of finished tasks are ignored)."""
         added = 0
-        for task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message in rows:
-            if not 0 <= task < self.total or self.done[task]:
+        for row in rows:
+            task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message = row[:9]
+            if not 0 <= task < self.grid or self.done[task]:
                 continue
             self.done[task] = True
             self.status[task] = status
@@ -84,6 +147,14 @@ class TaskTable:
             else:
                 self.ok[task] = True
                 self.success_count += 1
+                verify = row[9] if len(row) > 9 else ""
+                if verify:
+                    self.verify_x_cache[task] = _intern(self.x_cache_values, verify)
+                    self.verified_count += 1
+                    self.verified_hit_count += is_hit(verify)
+            if len(row) > 11:
+                self.age[task] = row[10] if row[10] is not None else -1
+                self.rounds[task] = min(int(row[11]), 127)
             added += 1
         self.done_count += added
         return added
@@ -91,27 +162,35 @@ class TaskTable:
     def fail_unfinished(self, error_class: str, message: str) -> list[ResultRow]:
         """Close every task not yet done as a failure (job timeout, stop or failure); returns those rows."""
         pending = np.flatnonzero(~self.done)
-        rows: list[ResultRow] = [(int(t), 0, "", "", 0, 0, 0.0, error_class, message) for t in pending]
+        rows = [result_row(int(t), error_class=error_class, message=message) for t in pending]
         self.record(rows)
         return rows
 
     def failed_task_ids(self) -> np.ndarray:
-        return np.flatnonzero(self.done & ~self.ok)
+        return np.flatnonzero(self.done & ~self.ok & ~self.skipped)
+
+    def cold_task_ids(self) -> np.ndarray:
+        """Successful, verified tasks whose verification was not a Hit."""
+        hit_codes = [i for i, v in enumerate(self.x_cache_values) if is_hit(v)]
+        verified = self.ok & (self.verify_x_cache != 0)
+        return np.flatnonzero(verified & ~np.isin(self.verify_x_cache, hit_codes))
+
+    def _by_url(self, mask: np.ndarray) -> np.ndarray:
+        return mask.reshape(len(self.urls), len(self.pops), len(self.variants))
 
     def failure_urls(self) -> list[str]:
-        if not self.total:
+        if not self.grid:
             return []
-        failed = (self.done & ~self.ok).reshape(len(self.urls), len(self.pops)).any(axis=1)
+        failed = self._by_url(self.done & ~self.ok & ~self.skipped).any(axis=(1, 2))
         return [self.urls[i] for i in np.flatnonzero(failed)]
 
     def all_failed_pops(self) -> list[str]:
         """POPs where tasks were finished and every one of them failed: the POP itself did not work."""
-        if not self.total:
+        if not self.grid:
             return []
-        done = self.done.reshape(len(self.urls), len(self.pops))
-        ok = self.ok.reshape(len(self.urls), len(self.pops))
-        dead = done.any(axis=0) & ~ok.any(axis=0)
-        return [self.pops[i] for i in np.flatnonzero(dead)]
+        done = self._by_url(self.done & ~self.skipped).any(axis=(0, 2))
+        ok = self._by_url(self.ok).any(axis=(0, 2))
+        return [self.pops[i] for i in np.flatnonzero(done & ~ok)]
 
 
 def _intern(values: list[str], value: str) -> int:

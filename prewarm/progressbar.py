@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from prewarm.client import PrewarmClient
+from prewarm.client import EVENTS_READ_TIMEOUT_S, ApiError, EventStreamError, PrewarmClient
 from prewarm.models import FINAL_STATUSES
 
 LOG_INTERVAL_S = 5.0  # one line this often when the stream is not a terminal
@@ -110,13 +110,62 @@ class WatchTimeout(Exception):
 
 def watch(client: PrewarmClient, req_id: str, *, stream: TextIO | None = None, tty: bool | None = None,
           poll_s: float = 0.5, deadline_s: float | None = None) -> dict[str, Any]:
-    """Poll a job's progress until it ends, drawing the bar; returns the last progress.
+    """Follow a job until it ends, drawing the bar; returns the last progress (see ``follow``)."""
+    return follow(client, req_id, stream=stream, tty=tty, poll_s=poll_s, deadline_s=deadline_s)[0]
 
-    ``deadline_s`` bounds the wait (the service closes every job by its own deadline, so this only
-    matters when the service stops answering properly); reaching it raises WatchTimeout.
+
+def follow(client: PrewarmClient, req_id: str, *, stream: TextIO | None = None, tty: bool | None = None,
+           poll_s: float = 0.5, deadline_s: float | None = None, use_events: bool = True,
+           read_timeout_s: float = EVENTS_READ_TIMEOUT_S) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Follow a job until it ends, drawing the bar: (last progress, summary of the ``done`` event or None).
+
+    The service's event stream (``GET /prewarm/events``) is used when it has one; a service without it
+    (404/405, or 503 when it has no stream to spare), or a stream that breaks, falls back to polling
+    ``GET /prewarm`` every ``poll_s`` (then the summary is None: the caller asks for it). ``deadline_s``
+    bounds the wait (the service closes every job by its own deadline, so this only matters when it stops
+    answering properly); reaching it raises WatchTimeout.
     """
     bar = ProgressBar(stream, tty=tty)
     give_up = None if deadline_s is None else time.monotonic() + deadline_s
+    if use_events:
+        try:
+            followed = _follow_events(client, req_id, bar, give_up, deadline_s, read_timeout_s)
+        except ApiError as exc:
+            if exc.status not in (404, 405, 503):
+                raise
+            # No such endpoint (an older service), no such job, or no stream to spare: polling says which.
+            followed = None
+        except EventStreamError:
+            followed = None
+        if followed is not None:
+            return followed
+    return _poll(client, req_id, bar, give_up, deadline_s, poll_s), None
+
+
+def _follow_events(client: PrewarmClient, req_id: str, bar: ProgressBar, give_up: float | None,
+                   deadline_s: float | None, read_timeout_s: float
+                   ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The event stream's way; None when it ended without ``done`` (an ``error`` event or an early close)."""
+    progress: dict[str, Any] | None = None
+    for event, data in client.events(req_id, read_timeout_s=read_timeout_s, heartbeats=True):
+        if event == "progress":
+            progress = data
+            if progress.get("status") not in FINAL_STATUSES:  # the final state is drawn once, by close
+                bar.update(progress)
+        elif event == "done":
+            if progress is None or progress.get("status") not in FINAL_STATUSES:
+                progress = client.progress(req_id)
+            bar.close(progress)
+            return progress, data
+        elif event == "error":
+            return None
+        if give_up is not None and time.monotonic() > give_up:
+            _give_up(req_id, bar, progress, deadline_s)
+    return None
+
+
+def _poll(client: PrewarmClient, req_id: str, bar: ProgressBar, give_up: float | None, deadline_s: float | None,
+          poll_s: float) -> dict[str, Any]:
     while True:
         progress = client.progress(req_id)
         if progress["status"] in FINAL_STATUSES:
@@ -124,9 +173,15 @@ def watch(client: PrewarmClient, req_id: str, *, stream: TextIO | None = None, t
             return progress
         bar.update(progress)
         if give_up is not None and time.monotonic() > give_up:
-            bar.close(progress)
-            raise WatchTimeout(f"job {req_id} still {progress['status']} after {deadline_s:.0f} s of watching")
+            _give_up(req_id, bar, progress, deadline_s)
         time.sleep(poll_s)
+
+
+def _give_up(req_id: str, bar: ProgressBar, progress: dict[str, Any] | None, deadline_s: float | None) -> None:
+    if progress is not None:
+        bar.close(progress)
+    status = progress["status"] if progress else "running"
+    raise WatchTimeout(f"job {req_id} still {status} after {deadline_s or 0:.0f} s of watching")
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:

@@ -10,6 +10,7 @@ from prewarm.progress import TaskTable
 REPORT_COLUMNS = [
     "url",
     "pop",
+    "variant",
     "address",
     "status_code",
     "x_cache",
@@ -18,6 +19,8 @@ REPORT_COLUMNS = [
     "elapsed_ms",
     "error_class",
     "error_message",
+    "verify_x_cache",
+    "rounds",
 ]
 
 
@@ -27,8 +30,8 @@ def failures_frame(table: TaskTable) -> pd.DataFrame:
 
 
 def results_frame(table: TaskTable) -> pd.DataFrame:
-    """One row per finished (URL, POP), successes included, with an ``ok`` column: for analysis."""
-    ids = np.flatnonzero(table.done)
+    """One row per finished task, successes included, with an ``ok`` column: for analysis."""
+    ids = np.flatnonzero(table.done & ~table.skipped)
     frame = tasks_frame(table, ids)
     frame.insert(2, "ok", table.ok[ids])
     return frame
@@ -36,13 +39,14 @@ def results_frame(table: TaskTable) -> pd.DataFrame:
 
 def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
     """The report columns for the given task ids."""
-    n_pops = len(table.pops) or 1
     urls = np.asarray(table.urls, dtype=object)
     pops = np.asarray(table.pops, dtype=object)
+    variants = np.asarray(table.variants, dtype=object)
     frame = pd.DataFrame(
         {
-            "url": urls[ids // n_pops] if len(ids) else [],
-            "pop": pops[ids % n_pops] if len(ids) else [],
+            "url": urls[table.url_index(ids)] if len(ids) else [],
+            "pop": pops[table.pop_index(ids)] if len(ids) else [],
+            "variant": variants[table.variant_index(ids)] if len(ids) else [],
             "address": np.asarray(table.addresses, dtype=object)[table.address[ids]],
             "status_code": table.status[ids].astype(np.int64),
             "x_cache": np.asarray(table.x_cache_values, dtype=object)[table.x_cache[ids]],
@@ -51,6 +55,8 @@ def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
             "elapsed_ms": np.round(table.elapsed_ms[ids].astype(np.float64), 1),
             "error_class": np.asarray(table.error_classes, dtype=object)[table.error[ids]],
             "error_message": [table.messages.get(int(t), "") for t in ids],
+            "verify_x_cache": np.asarray(table.x_cache_values, dtype=object)[table.verify_x_cache[ids]],
+            "rounds": table.rounds[ids].astype(np.int64),
         },
         columns=REPORT_COLUMNS,
     )
@@ -61,8 +67,9 @@ def extra_failure_rows(pop_failures: dict[str, str]) -> pd.DataFrame:
     """Rows for POPs that never got work (unresolvable or refused): the URL column is empty."""
     return pd.DataFrame(
         [
-            {"url": "", "pop": pop, "address": "", "status_code": 0, "x_cache": "", "bytes": 0,
-             "attempts": 0, "elapsed_ms": 0.0, "error_class": "pop_unavailable", "error_message": reason}
+            {"url": "", "pop": pop, "variant": "", "address": "", "status_code": 0, "x_cache": "", "bytes": 0,
+             "attempts": 0, "elapsed_ms": 0.0, "error_class": "pop_unavailable", "error_message": reason,
+             "verify_x_cache": "", "rounds": 0}
             for pop, reason in pop_failures.items()
         ],
         columns=REPORT_COLUMNS,
@@ -74,15 +81,27 @@ def report_csv(table: TaskTable, pop_failures: dict[str, str]) -> bytes:
     return frame.to_csv(index=False).encode()
 
 
+def cold_pairs(table: TaskTable, limit: int) -> tuple[list[dict[str, str]], int]:
+    """The first ``limit`` pairs that verified as something other than a Hit, and how many there are."""
+    ids = table.cold_task_ids()
+    shown = ids[:limit]
+    rows = [
+        {"url": table.urls[int(table.url_index(t))], "pop": table.pops[int(table.pop_index(t))],
+         "variant": table.variants[int(table.variant_index(t))],
+         "x_cache": table.x_cache_values[int(table.verify_x_cache[t])]}
+        for t in shown
+    ]
+    return rows, len(ids)
+
+
 def pop_table(table: TaskTable) -> list[dict[str, object]]:
-    """Per-POP success, failure, bytes and p50/p95 latency of successful fetches."""
+    """Per-POP success, failure, bytes and p50/p95 latency of successful fetches (all variants together)."""
     if not table.total:
         return []
-    n_pops = len(table.pops)
-    ids = np.flatnonzero(table.done)
+    ids = np.flatnonzero(table.done & ~table.skipped)
     frame = pd.DataFrame(
         {
-            "pop": ids % n_pops,
+            "pop": table.pop_index(ids),
             "ok": table.ok[ids],
             "bytes": table.nbytes[ids],
             "ms": table.elapsed_ms[ids].astype(np.float64),

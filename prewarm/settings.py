@@ -47,6 +47,10 @@ class Settings:
     report_bucket: str | None = None
     report_prefix: str = "prewarm/"
     report_url_expiry_s: int = 3600
+    webhook_secret: str | None = None
+    webhook_window_s: float = 600.0
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_s: float = 1.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -86,8 +90,13 @@ class Settings:
             report_bucket=env.get("PREWARM_REPORT_BUCKET") or None,
             report_prefix=env.get("PREWARM_REPORT_PREFIX", base.report_prefix),
             report_url_expiry_s=int(num("PREWARM_REPORT_URL_EXPIRY", base.report_url_expiry_s)),
+            webhook_secret=env.get("PREWARM_WEBHOOK_SECRET") or None,
+            webhook_window_s=float(num("PREWARM_WEBHOOK_WINDOW", base.webhook_window_s, float)),
+            webhook_timeout_s=float(num("PREWARM_WEBHOOK_TIMEOUT", base.webhook_timeout_s, float)),
+            webhook_backoff_s=float(num("PREWARM_WEBHOOK_BACKOFF_BASE", base.webhook_backoff_s, float)),
         )
 
     def __repr__(self) -> str:  # never print API keys into logs
-        shown = {**asdict(self), "api_keys": f"<{len(self.api_keys)} key(s)>"}
+        shown = {**asdict(self), "api_keys": f"<{len(self.api_keys)} key(s)>",
+                 "webhook_secret": "<set>" if self.webhook_secret else None}
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

@@ -7,6 +7,7 @@ results in batches; the API reads progress and summaries from here, so those sta
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import threading
@@ -22,11 +23,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.cloudfront import CloudFrontError, make_clients, report_url, upload_report
 from prewarm.cluster import combined_ask, request_fetcher_nodes
-from prewarm.models import FINAL_STATUSES, fmt_time, utcnow
+from prewarm.models import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
-from prewarm.report import pop_table, report_csv, results_frame
+from prewarm.report import cold_pairs, pop_table, report_csv, results_frame
 from prewarm.settings import Settings
 from prewarm.store import Store
+from prewarm.webhook import DeliveryStatus, deliver
 
 T = TypeVar("T")
 STATE_ACTOR_NAME = "prewarm-state"
@@ -62,6 +64,23 @@ class Job:
     report: bytes | None = None
     report_key: str | None = None
     summary: dict[str, Any] | None = None
+    request: dict[str, Any] = field(default_factory=dict)  # the validated request, without url_list
+    variants: list[str] = field(default_factory=lambda: [""])
+    selected: list[tuple[int, str, int]] | None = None  # a retry job's tasks: (URL index, POP, variant)
+    api_base: str = ""
+    webhook: dict[str, Any] | None = None
+
+    @property
+    def callback_url(self) -> str | None:
+        return self.request.get("callback_url")
+
+    def new_table(self, pops: list[str]) -> TaskTable:
+        """The job's task grid over ``pops``; a retry job keeps only its selected tasks."""
+        table = TaskTable(self.urls, pops, self.variants)
+        if self.selected is not None:
+            index = {p: i for i, p in enumerate(pops)}
+            table.keep_only([table.task_id(u, index[p], v) for u, p, v in self.selected if p in index])
+        return table
 
     @property
     def final(self) -> bool:
@@ -96,6 +115,7 @@ class State:
         self.desired_capacity = 0
         self._asked = 0
         self.store = Store(settings.state_dir if settings.persist else None)
+        self._stop = threading.Event()  # cancels webhook deliveries when the actor goes away
         self._reload()
 
     # -- durability ------------------------------------------------------------------------------
@@ -108,7 +128,7 @@ class State:
             try:
                 job = job_from_meta(req_id, meta, urls)
                 if meta.get("pops") is not None:
-                    job.table = TaskTable(urls, meta["pops"])
+                    job.table = job.new_table(meta["pops"])
                     job.table.record(r for r in rows if isinstance(r[0], int))
             except (KeyError, TypeError, ValueError) as exc:  # a damaged record must not keep the service down
                 log.error("job %s could not be reloaded from the store and is skipped: %s", req_id, exc)
@@ -116,14 +136,57 @@ class State:
             self.jobs[req_id] = job
             if not job.final and not coordinator_alive(req_id, self.namespace):
                 self.finish(req_id, "FAILED", "the service restarted while the job was running; it did not resume")
+            elif job.final and job.callback_url and not (job.webhook or {}).get("delivered") \
+                    and not (job.webhook or {}).get("gave_up"):
+                self._start_webhook(job)  # owed from before the restart: deliver in what is left of the window
 
     # -- written by the API and the coordinators -------------------------------------------
     @writes
-    def create_job(self, req_id: str, urls: list[str], target_pops: list[str], cf_domain: str,
-                   created_at: datetime, timeout_at: datetime, instance_count: int = 1) -> None:
-        job = Job(req_id, urls, target_pops, cf_domain, created_at, timeout_at, instance_count=instance_count)
+    def create_job(self, req_id: str, request: dict[str, Any], target_pops: list[str], cf_domain: str,
+                   created_at: datetime, timeout_at: datetime, api_base: str = "",
+                   selected: list[tuple[int, str, int]] | None = None) -> None:
+        """Record an accepted request; ``selected`` restricts a retry job to the tasks it re-runs."""
+        variants = [variant_label(v) for v in (request.get("variants") or [{}])]
+        job = Job(req_id, list(request["url_list"]), target_pops, cf_domain, created_at, timeout_at,
+                  instance_count=int(request.get("instance_count", 1)),
+                  request={k: v for k, v in request.items() if k != "url_list"}, variants=variants,
+                  selected=[tuple(t) for t in selected] if selected is not None else None, api_base=api_base)
         self.jobs[req_id] = job
         self._persist(job, urls=True)
+
+    def retry_source(self, req_id: str) -> dict[str, Any]:
+        """What a retry of ``req_id`` needs: its request and its failed or unfinished tasks.
+
+        ``{"error": ...}`` when it cannot be retried (unknown, still running, nothing failed). The
+        tasks are given on the retry job's own grid: the URLs that failed anywhere, in order (so the
+        retry's url_list is short), with (new URL index, POP, variant) for each task to re-run.
+        A POP that could not be resolved failed every URL of the job, so all its pairs are retried.
+        """
+        job = self._get(req_id)
+        if job is None:
+            return {"error": f"field 'retry_of': no job {req_id}"}
+        if not job.final:
+            return {"error": f"field 'retry_of': job {req_id} is still {job.status}; retry it once it has ended"}
+        table = job.table or job.new_table([])
+        triples: list[tuple[int, str, int]] = []
+        for t in table.failed_task_ids():
+            triples.append((int(table.url_index(t)), table.pops[int(table.pop_index(t))],
+                            int(table.variant_index(t))))
+        for pop in job.pop_failures:
+            if pop not in table.pops:
+                triples.extend((u, pop, v) for u in range(len(job.urls)) for v in range(len(job.variants)))
+        if not triples:
+            return {"error": f"field 'retry_of': job {req_id} has no failed or unfinished tasks to retry"}
+        url_indices = sorted({u for u, _, _ in triples})
+        renumber = {u: i for i, u in enumerate(url_indices)}
+        failed_pops = {p for _, p, _ in triples}
+        pops = [p for p in job.target_pops if p in failed_pops]
+        return {
+            "request": {**job.request, "url_list": [job.urls[u] for u in url_indices]},
+            "target_pops": pops,
+            "cf_domain": job.cf_domain,
+            "selected": sorted((renumber[u], p, v) for u, p, v in triples),
+        }
 
     @writes
     def admit(self, req_id: str) -> bool:
@@ -161,7 +224,7 @@ class State:
         job = self.jobs[req_id]
         if job.table is not None or job.final:
             return
-        job.table = TaskTable(job.urls, pops)
+        job.table = job.new_table(pops)
         job.pop_failures = dict(pop_failures)
         job.total_size = total_size
         if probe_failures:
@@ -212,7 +275,7 @@ class State:
         if job.final:
             return job.status
         if job.table is None:  # closed before POPs were resolved: count against every targeted POP
-            job.table = TaskTable(job.urls, job.target_pops)
+            job.table = job.new_table(job.target_pops)
         if status != "FINISHED" or job.table.done_count < job.table.total:
             reason = STOP_ERRORS.get(status, "unfinished")
             self.store.save_results(req_id, job.table.fail_unfinished(reason, error_message or reason))
@@ -227,7 +290,37 @@ class State:
         job.touch()
         self._persist(job)
         self._rescale()
+        if job.callback_url:
+            self._start_webhook(job)
         return job.status
+
+    # -- the job-end webhook -----------------------------------------------------------------------
+    def _start_webhook(self, job: Job) -> None:
+        """Deliver the summary to ``callback_url`` in the background, for what is left of the window."""
+        started = job.last_update
+        window = self.settings.webhook_window_s - (utcnow() - started).total_seconds()
+        threading.Thread(target=self._deliver_webhook, args=(job.req_id, max(1.0, window)),
+                         name=f"webhook-{job.req_id}", daemon=True).start()
+
+    def _deliver_webhook(self, req_id: str, window_s: float) -> None:
+        job = self.jobs[req_id]
+        summary = self.summary(req_id) or {}
+        summary.pop("webhook", None)  # the delivery's own status is not part of what it delivers
+        summary["failure_pop_urls_report"] = summary.pop("report_url", None) or ""
+        body = json.dumps(summary).encode()
+
+        def on_attempt(status: DeliveryStatus) -> None:
+            with self._lock:
+                job.webhook = status.to_dict()
+                self._persist(job)
+
+        try:
+            deliver(job.callback_url or "", body, self.settings.webhook_secret,
+                    allow_private=self.settings.allow_private_edges, window_s=window_s,
+                    timeout_s=self.settings.webhook_timeout_s, ca_bundle=self.settings.ca_bundle,
+                    backoff_base_s=self.settings.webhook_backoff_s, on_attempt=on_attempt, stop=self._stop)
+        except Exception:  # a delivery bug must not take the state actor down
+            log.exception("[req_id=%s] webhook delivery failed", req_id, extra={"req_id": req_id})
 
     # -- reports in S3 ---------------------------------------------------------------------------
     def _s3_client(self) -> Any:
@@ -322,6 +415,8 @@ class State:
             "success_count": success,
             "failure_count": done - success,
             "nodes_used": job.nodes_used,
+            "verified_hit_count": 0 if table is None else table.verified_hit_count,
+            "warm_ratio": None if table is None else table.warm_ratio,
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -335,11 +430,13 @@ class State:
         body = job.summary if job.final and job.summary is not None else self._summarise(job)
         if job.final:
             job.summary = body  # a final job's summary never changes: built once, not per poll
-        return {**body, "report_url": self._report_url(job), "timestamp": fmt_time(utcnow())}
+        report = self._report_url(job) or (f"{job.api_base}/reports/{req_id}.csv" if job.api_base else None)
+        return {**body, "report_url": report, "webhook": job.webhook, "timestamp": fmt_time(utcnow())}
 
     @staticmethod
     def _summarise(job: Job) -> dict[str, Any]:
-        table = job.table or TaskTable(job.urls, [])
+        table = job.table or job.new_table([])
+        cold, cold_count = cold_pairs(table, MAX_COLD_PAIRS)
         return {
             "request_id": job.req_id,
             "status": job.status,
@@ -348,6 +445,11 @@ class State:
             "success_count": table.success_count,
             "failure_count": table.failure_count,
             "pops": pop_table(table),
+            "verified_hit_count": table.verified_hit_count,
+            "warm_ratio": table.warm_ratio,
+            "cold_pairs": cold,
+            "cold_pair_count": cold_count,
+            "retry_of": job.request.get("retry_of"),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -361,17 +463,28 @@ class State:
             stored = job.report or self.store.load_report(req_id)
             if stored is not None:
                 return stored
-        return report_csv(job.table or TaskTable(job.urls, []), job.pop_failures)
+        return report_csv(job.table or job.new_table([]), job.pop_failures)
 
     def results(self, req_id: str) -> pd.DataFrame | None:
         """Every finished (URL, POP) of a job with its outcome, as a DataFrame (for notebooks)."""
         job = self._get(req_id)
         if job is None:
             return None
-        return results_frame(job.table or TaskTable(job.urls, []))
+        return results_frame(job.table or job.new_table([]))
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        return [p for req_id in list(self.jobs) if (p := self.progress(req_id))]
+    def list_jobs(self, status: str | None = None, limit: int | None = None,
+                  since: datetime | None = None) -> list[dict[str, Any]]:
+        """Progress bodies of the jobs with ``status`` created at or after ``since``, newest first, ``limit`` many.
+
+        Running jobs are refreshed first (a dead coordinator or a passed deadline closes them), so the
+        status filter sees what a progress read would; only the selected jobs get a progress body.
+        """
+        from prewarm.events import select_jobs  # local: this method is the only user
+
+        for job in [j for j in self.jobs.values() if not j.final]:
+            self._get(job.req_id)
+        chosen = select_jobs(list(self.jobs.values()), status, limit, since)
+        return [p for job in chosen if (p := self.progress(job.req_id))]
 
     def pid(self) -> int:
         return os.getpid()
@@ -385,6 +498,8 @@ def job_meta(job: Job) -> dict[str, Any]:
         "last_update": job.last_update.timestamp(), "pops": None if job.table is None else job.table.pops,
         "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
         "instance_count": job.instance_count, "report_key": job.report_key,
+        "request": job.request, "variants": job.variants, "selected": job.selected, "api_base": job.api_base,
+        "webhook": job.webhook,
     }
 
 
@@ -396,7 +511,10 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
               status=meta["status"], phase=meta["phase"], error_message=meta["error_message"],
               last_update=when("last_update"), pop_failures=meta["pop_failures"], total_size=meta["total_size"],
               node_ids=meta["node_ids"], nodes_used=len(set(meta["node_ids"])),
-              instance_count=meta.get("instance_count", 1), report_key=meta.get("report_key"))
+              instance_count=meta.get("instance_count", 1), report_key=meta.get("report_key"),
+              request=meta.get("request") or {}, variants=meta.get("variants") or [""],
+              selected=[tuple(t) for t in meta["selected"]] if meta.get("selected") is not None else None,
+              api_base=meta.get("api_base", ""), webhook=meta.get("webhook"))
     return job
 
 

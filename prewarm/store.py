@@ -28,9 +28,14 @@ CREATE TABLE IF NOT EXISTS results (
     task_id INTEGER NOT NULL,
     status INTEGER, x_cache TEXT, address TEXT, bytes INTEGER, attempts INTEGER,
     elapsed_ms REAL, error_class TEXT, error_message TEXT,
+    verify_x_cache TEXT DEFAULT '', age INTEGER DEFAULT -1, rounds INTEGER DEFAULT 0,
     PRIMARY KEY (req_id, task_id)
 ) WITHOUT ROWID;
 """
+
+MIGRATIONS = (("verify_x_cache", "TEXT DEFAULT ''"), ("age", "INTEGER DEFAULT -1"), ("rounds", "INTEGER DEFAULT 0"))
+
+NOT_VERIFIED = ("", -1, 0)  # the verification fields of a row written without them
 
 
 class Store:
@@ -45,6 +50,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
             self._db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the verification columns to a store written before they existed."""
+        assert self._db is not None
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+        with self._db:
+            for column, kind in MIGRATIONS:
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
     @property
     def enabled(self) -> bool:
@@ -69,8 +84,8 @@ class Store:
             return
         with self._db:
             self._db.executemany(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ((req_id, int(row[0]), *row[1:]) for row in rows),
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((req_id, int(row[0]), *row[1:9], *(tuple(row[9:12]) or NOT_VERIFIED)) for row in rows),
             )
 
     def save_report(self, req_id: str, csv: bytes) -> Path | None:
@@ -105,7 +120,7 @@ class Store:
                 tuple(r)
                 for r in self._db.execute(
                     "SELECT task_id, status, x_cache, address, bytes, attempts, elapsed_ms, error_class, "
-                    "error_message FROM results WHERE req_id = ? ORDER BY task_id",
+                    "error_message, verify_x_cache, age, rounds FROM results WHERE req_id = ? ORDER BY task_id",
                     (req_id,),
                 )
             ]

@@ -298,9 +298,16 @@ class Testbed:
             conn.close()
 
     def origin_counts(self) -> dict[str, Any]:
-        """``{"requests": [{"method", "path", "edge", "count"}, ...], "total": N}`` from the origin."""
+        """``{"requests": [{"method", "path", "edge", "count"}, ...], "total": N, "by_encoding": [...]}``
+
+        ``by_encoding`` counts again by the normalised Accept-Encoding (``encoding``: br, gzip or "").
+        """
         result: dict[str, Any] = self._origin_call("GET", "/_control/counts")
         return result
+
+    def origin_log(self) -> list[tuple[float, str, str, str]]:
+        """Every request the origin counted: (unix time, method, path, edge), oldest first."""
+        return [tuple(r) for r in self._origin_call("GET", "/_control/log")["requests"]]  # type: ignore[misc]
 
     def add_fault(self, rule: dict[str, Any]) -> None:
         """Install an origin fault rule (see ``prewarm.testbed.origin.Rule`` for the keys)."""

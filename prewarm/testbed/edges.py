@@ -11,7 +11,9 @@ cloudfront". The edge forwards the client's Host, adds ``X-Edge-Pop: <POP>`` tow
 never retries (``proxy_next_upstream off``), passes origin errors through unchanged, caches only
 200/206 (for 10 min unless the origin's Cache-Control says otherwise; ``no-store`` is honoured),
 and, as CloudFront does, turns a HEAD into a GET toward the origin so it can fill the cache.
-Concurrent misses for one object are not collapsed (``proxy_cache_lock`` is off).
+Concurrent misses for one object are not collapsed (``proxy_cache_lock`` is off). The cache key
+is the host, the path with query and, as with CloudFront's compression settings, the viewer's
+Accept-Encoding normalised to br, gzip or none: each is its own cached variant.
 
 ``Age`` without njs/perl/lua (nginx-light has none): the origin sends ``X-Origin-Epoch`` (unix
 seconds when it answered), which nginx stores with the cached object and exposes again as
@@ -67,6 +69,9 @@ def _age_maps() -> str:
     out.append('map $upstream_cache_status $tb_age { HIT $tb_age_calc; default ""; }')
     out.append('map $upstream_cache_status $tb_x_cache { HIT "Hit from cloudfront"; '
                'default "Miss from cloudfront"; }')
+    # CloudFront's cache key holds the viewer's Accept-Encoding normalised to br, gzip or nothing.
+    out.append('map $http_accept_encoding $tb_encoding { "~*(^|[ ,])br($|[ ,;])" br; '
+               '"~*(^|[ ,])gzip($|[ ,;])" gzip; default ""; }')
     return "\n    ".join(out)
 
 
@@ -126,7 +131,7 @@ http {{
             proxy_send_timeout 60s;
             proxy_read_timeout 60s;
             proxy_cache tb_{i};
-            proxy_cache_key $host$request_uri;
+            proxy_cache_key $host$request_uri|$tb_encoding;
             proxy_cache_valid 200 206 10m;
             add_header X-Cache $tb_x_cache always;
             add_header X-Amz-Cf-Pop {pop} always;

@@ -21,7 +21,10 @@ When ``...`` is itself ``obj/<size>/<name>`` that object is served after the fau
 a 1 KiB object is served. Control endpoints (not counted): ``POST /_control/faults``,
 ``GET /_control/faults``, ``GET /_control/counts``, ``POST /_control/reset``.
 
-Requests are counted by (method, path, edge); the edge is the ``X-Edge-Pop`` request header
+Requests are counted by (method, path, edge), and again by (method, path, edge, encoding) where
+the encoding is the request's ``Accept-Encoding`` normalised as CloudFront's cache key does it
+("br", "gzip" or ""); ``GET /_control/log`` lists every counted request with its arrival time (for
+rate checks). The edge is the ``X-Edge-Pop`` request header
 that the testbed nginx adds ("-" for direct requests). nginx's proxy_cache turns HEAD into GET
 toward the origin (``proxy_cache_convert_head on``, as CloudFront does), so a HEAD sent to a POP
 is counted here as a GET.
@@ -40,7 +43,7 @@ import re
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,13 @@ from typing import Any
 from aiohttp import web
 
 EDGE_HEADER = "X-Edge-Pop"
+LOG_SIZE = 200_000
+
+
+def cache_key_encoding(accept_encoding: str) -> str:
+    """The encoding part of the edges' cache key, normalised like CloudFront's: br, gzip or none."""
+    tokens = {t.split(";")[0].strip().lower() for t in accept_encoding.split(",")}
+    return "br" if "br" in tokens else "gzip" if "gzip" in tokens else ""
 DEFAULT_SIZE = 1024
 CACHEABLE = "public, max-age=3600"
 _SIZE_RE = re.compile(r"^(\d+)(b|kb|mb)$", re.IGNORECASE)
@@ -179,11 +189,15 @@ class Origin:
         self.first_seen: dict[tuple[str, str, str], float] = {}
         self.fail_first: Counter[tuple[str, str]] = Counter()
         self.rules: list[Rule] = []
+        self.by_encoding: Counter[tuple[str, str, str, str]] = Counter()
+        self.log: deque[tuple[float, str, str, str]] = deque(maxlen=LOG_SIZE)
 
     # -- control -------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget counts, fail-first progress and rules."""
         self.counts.clear()
+        self.by_encoding.clear()
+        self.log.clear()
         self.first_seen.clear()
         self.fail_first.clear()
         self.rules.clear()
@@ -192,10 +206,16 @@ class Origin:
         """Counts in the shape documented for ``GET /_control/counts``."""
         rows = [{"method": m, "path": p, "edge": e, "count": c}
                 for (m, p, e), c in sorted(self.counts.items(), key=lambda kv: self.first_seen[kv[0]])]
-        return {"requests": rows, "total": sum(self.counts.values())}
+        encodings = [{"method": m, "path": p, "edge": e, "encoding": enc, "count": c}
+                     for (m, p, e, enc), c in self.by_encoding.items()]
+        return {"requests": rows, "total": sum(self.counts.values()), "by_encoding": encodings}
 
     async def h_counts(self, request: web.Request) -> web.Response:
         return web.json_response(self.counts_json())
+
+    async def h_log(self, request: web.Request) -> web.Response:
+        """Every counted request: ``{"requests": [[unix_time, method, path, edge], ...]}``, oldest first."""
+        return web.json_response({"requests": [list(r) for r in self.log]})
 
     async def h_reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -309,6 +329,8 @@ class Origin:
         edge = request.headers.get(EDGE_HEADER, "-")
         key = (request.method, request.path, edge)
         self.counts[key] += 1
+        self.by_encoding[(*key, cache_key_encoding(request.headers.get("Accept-Encoding", "")))] += 1
+        self.log.append((time.time(), *key))
         self.first_seen.setdefault(key, time.monotonic())
         try:
             plan = self.plan(request.path, edge)
@@ -366,6 +388,7 @@ class Origin:
         app = web.Application()
         app.router.add_get("/_control/counts", self.h_counts)
         app.router.add_post("/_control/reset", self.h_reset)
+        app.router.add_get("/_control/log", self.h_log)
         app.router.add_get("/_control/faults", self.h_faults_get)
         app.router.add_post("/_control/faults", self.h_faults_post)
         app.router.add_delete("/_control/faults", self.h_faults_delete)

@@ -31,7 +31,7 @@ def guarded(cdn: Testbed) -> Iterator[PrewarmClient]:
     """A service with API keys, small input caps, and private edge addresses NOT allowed."""
     settings = service_settings(
         cdn, PREWARM_API_KEYS=",".join(KEYS), PREWARM_ALLOW_PRIVATE_EDGES="0", PREWARM_MAX_URLS="10",
-        PREWARM_MAX_BODY_BYTES="8192",
+        PREWARM_MAX_BODY_BYTES="8192", PREWARM_WEBHOOK_SECRET="s3cret",
     )
     base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
@@ -72,6 +72,16 @@ def test_private_edge_addresses_are_refused(guarded: PrewarmClient, cdn: Testbed
     summary = guarded.summary(req_id)
     assert summary["failure_pops"] == SPEC_POPS
     assert cdn.origin_counts()["total"] == 0  # nothing was fetched from anywhere
+
+
+def test_private_callback_addresses_are_refused(guarded: PrewarmClient, cdn: Testbed) -> None:
+    for url, why in (("http://127.0.0.1:9/hook", "loopback"),
+                     ("http://169.254.169.254/latest/", "169.254.169.254 is a"),
+                     ("https://localhost/hook", "loopback")):
+        status, answer = status_of(guarded, "POST", "/prewarm",
+                                   request_body([cdn.url("/obj/1kb/hooked")], callback_url=url))
+        assert status == 400, url
+        assert answer["error_message"].startswith("field 'callback_url'") and why in answer["error_message"], answer
 
 
 def test_resolver_guard_reasons(cdn: Testbed) -> None:

@@ -311,3 +311,10 @@ def test_redirects_are_not_followed(service: PrewarmClient, cdn: Testbed) -> Non
     # The probe (a HEAD, a GET at the origin) and one GET per POP; a 302 is not cached; nothing else requested.
     assert origin_gets(cdn) == {("/fault/status/302/moved", "ATL56-C1"): 2, ("/fault/status/302/moved", "DFW55-C3"): 1}
     assert cdn.origin_counts()["total"] == 3
+
+
+def test_callback_url_needs_a_webhook_secret(service: PrewarmClient, cdn: Testbed) -> None:
+    with pytest.raises(ApiError) as info:
+        service.prewarm(request_body([cdn.url("/obj/1kb/x")], callback_url="http://127.0.0.1:9/hook"))
+    assert info.value.status == 400
+    assert info.value.body["error_message"].startswith("field 'callback_url'") and "SECRET" in info.value.message

@@ -168,7 +168,8 @@ def test_reset_purges_every_pop(clean_testbed: Testbed) -> None:
         assert via(tb, pop, path).headers["x-cache"] == "Hit from cloudfront"
     tb.add_fault({"path": "/obj/1kb/other", "status": 500})
     tb.reset()
-    assert tb.origin_counts() == {"requests": [], "total": 0}
+    assert tb.origin_counts() == {"requests": [], "total": 0, "by_encoding": []}
+    assert tb.origin_log() == []
     for pop in tb.pops:
         assert via(tb, pop, path).headers["x-cache"] == "Miss from cloudfront", pop
     assert via(tb, SOME_POPS[0], "/obj/1kb/other").status == 200  # fault rules are gone too
@@ -359,11 +360,41 @@ def test_counts_shape(clean_testbed: Testbed) -> None:
     direct(tb, "/obj/1kb/a")
     direct(tb, "/obj/1kb/a", method="HEAD")
     via(tb, "ICN54-C2", "/obj/1kb/a")
-    assert tb.origin_counts() == {"requests": [
+    counts = tb.origin_counts()
+    assert counts == {"requests": [
         {"method": "GET", "path": "/obj/1kb/a", "edge": "-", "count": 1},
         {"method": "HEAD", "path": "/obj/1kb/a", "edge": "-", "count": 1},
         {"method": "GET", "path": "/obj/1kb/a", "edge": "ICN54-C2", "count": 1},
-    ], "total": 3}
+    ], "total": 3, "by_encoding": [
+        {"method": m, "path": "/obj/1kb/a", "edge": e, "encoding": "", "count": 1}
+        for m, e in (("GET", "-"), ("HEAD", "-"), ("GET", "ICN54-C2"))
+    ]}
+    log = tb.origin_log()
+    assert [(m, p, e) for _, m, p, e in log] == [(r["method"], r["path"], r["edge"]) for r in counts["requests"]]
+    assert log[0][0] <= log[1][0] <= log[2][0] <= time.time()
+
+
+def test_accept_encoding_is_part_of_the_cache_key(clean_testbed: Testbed) -> None:
+    """As with CloudFront's compression settings: br, gzip and none are three cached variants."""
+    tb, path, pop = clean_testbed, "/obj/1kb/encodings", "ICN54-C2"
+    address = tb.pop_addresses[pop][0]
+
+    def get(accept_encoding: str | None) -> str:
+        conn = http.client.HTTPConnection(address, 80, timeout=10)
+        headers = {"Host": HOST, **({"Accept-Encoding": accept_encoding} if accept_encoding else {})}
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.getheader("X-Cache", "")
+        finally:
+            conn.close()
+
+    assert [get(ae) for ae in ("gzip", "gzip, deflate", "br", "gzip, deflate, br", None, "identity")] == [
+        "Miss from cloudfront", "Hit from cloudfront", "Miss from cloudfront", "Hit from cloudfront",
+        "Miss from cloudfront", "Hit from cloudfront"]
+    seen = sorted((r["encoding"], r["count"]) for r in tb.origin_counts()["by_encoding"])
+    assert seen == [("", 1), ("br", 1), ("gzip", 1)]
 
 
 # -- lifecycle ----------------------------------------------------------------------------------------

@@ -70,6 +70,25 @@ def test_submit_options() -> None:
     assert (args.watch, args.json, args.url, args.api_key) == (True, True, "http://127.0.0.1:9", "k")
 
 
+def test_warming_options_are_sent_only_when_given() -> None:
+    args = parse_submit("--no-verify", "--until-hit", "2", "--variant", "Accept-Encoding: gzip", "--variant",
+                        "Accept-Encoding:br", "--callback-url", "https://hooks.example/x", "--max-rps", "50")
+    body = build_request(args, ["https://a.example/x"])
+    assert (body["verify"], body["until_hit"], body["max_rps"]) == (False, 2, 50.0)
+    assert body["variants"] == [{"Accept-Encoding": "gzip"}, {"Accept-Encoding": "br"}]
+    assert body["callback_url"] == "https://hooks.example/x"
+    plain = build_request(parse_submit("x"), ["x"])
+    assert not {"verify", "until_hit", "variants", "callback_url", "max_rps"} & set(plain)
+
+
+def test_retry_command_builds_a_retry_request() -> None:
+    args = build_parser().parse_args(["retry", "8c2b8bde-1fd6-4f7e-9b57-16e1c4c3a3d7", "--timeout", "3",
+                                      "--until-hit", "1", "--watch"])
+    assert (args.req_id, args.timeout, args.until_hit, args.watch) == (
+        "8c2b8bde-1fd6-4f7e-9b57-16e1c4c3a3d7", 3.0, 1, True)
+    assert args.instance_count is None and not hasattr(args, "variant")
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

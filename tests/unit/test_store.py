@@ -16,7 +16,8 @@ def test_jobs_and_results_round_trip(tmp_path: Path) -> None:
     store.close()
     [(req_id, meta, urls, rows)] = list(Store(tmp_path).jobs())
     assert (req_id, meta, urls) == ("a", {"status": "FINISHED"}, ["u0", "u1"])
-    assert rows == [(0, 200, "Hit", "x", 5, 1, 1.0, "", ""), (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope")]
+    assert rows == [(0, 200, "Hit", "x", 5, 1, 1.0, "", "", "", -1, 0),
+                    (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope", "", -1, 0)]
 
 
 def test_report_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,466 @@
+"""A lean HTTP/1.1 keep-alive client over asyncio protocols, for the one request shape a viewer sends.
+
+Why not aiohttp: a fetcher spends its CPU on small cached objects, and aiohttp's general machinery
+(request/response objects, stream readers, several timers and tasks per request) costs far more per
+fetch than the exchange itself. This client writes one prebuilt request and parses the answer in
+``data_received`` (a future per request, no reader task), counting body bytes without storing them.
+
+What it keeps from a viewer's fetch: the URL's host (and non-default port) in ``Host``, the URL's host as
+TLS SNI with the certificate verified against it, no redirect followed, the body read to its end
+(Content-Length, chunked, or until close) and a short body reported as truncated. Every connect and
+exchange runs under a deadline. Connections are pooled per (address, scheme, host, port) so a TLS
+session is only reused for the host it was verified for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Mapping
+from urllib.parse import quote, urlsplit
+
+MAX_HEAD_BYTES = 64 * 1024
+"""Longest status line plus headers accepted: past it the answer is not HTTP we can trust."""
+IDLE_TIMEOUT_S = 30.0
+"""An idle pooled connection older than this is closed rather than reused (edges drop them anyway)."""
+_NO_BODY_STATUSES = frozenset({204, 304})
+_TARGET_SAFE = "!$%&'()*+,/:;=?@~"
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
+"""Characters a request target may not carry as they are (RFC 3986): percent-encoded, as yarl does."""
+
+# Response parser states.
+_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE = range(8)
+
+
+class WireError(Exception):
+    """A failed exchange, already classified the way the report classifies it."""
+
+    def __init__(self, error_class: str, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.stale = stale  # nothing came back on a reused connection: the edge may have closed it idle
+
+
+class Response:
+    """Status, headers (lower-case names, last value wins) and the number of body bytes read."""
+
+    __slots__ = ("content_length", "headers", "nbytes", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.nbytes = 0
+        self.content_length: int | None = None
+
+
+class Target:
+    """What a URL decides on the wire: scheme, host (for Host and SNI), port and request target."""
+
+    __slots__ = ("host", "host_header", "port", "scheme", "target")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        host = parts.hostname
+        if not host:
+            raise ValueError(f"no host in {url!r}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        shown = f"[{host}]" if ":" in host else host
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.host_header = shown if port == (443 if scheme == "https" else 80) else f"{shown}:{port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.target = quote(target, safe=_TARGET_SAFE) if _NEEDS_QUOTING.search(target) else target
+
+
+def header_block(headers: Mapping[str, str]) -> str:
+    """Every request header after ``Host``, as aiohttp would send them: the session's, then ``Accept``."""
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    if not any(name.lower() == "accept" for name in headers):
+        lines.append("Accept: */*\r\n")
+    return "".join(lines) + "\r\n"
+
+
+def build_head(method: str, target: Target, block: str) -> bytes:
+    """The request head: request line, ``Host`` (the URL's), then the prebuilt header block."""
+    return f"{method} {target.target} HTTP/1.1\r\nHost: {target.host_header}\r\n{block}".encode()
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; ``request`` sends a head and resolves with the parsed answer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = True
+        self.used = 0
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[Response] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._state = _IDLE
+        self._buf = b""
+        self._head_only = False
+        self._remaining = 0
+        self._received = False
+        self._resp: Response | None = None
+        self._timeout_message = ""
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        if self._waiter is None or self._waiter.done():
+            return
+        state, resp = self._state, self._resp
+        if state == _UNTIL_CLOSE and resp is not None:
+            self._finish(resp)
+        elif state in (_LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER) and resp is not None:
+            if state == _LENGTH:
+                message = f"{resp.nbytes} of {resp.content_length} bytes"
+            else:
+                message = f"chunked body cut off after {resp.nbytes} bytes"
+            self._fail(WireError("truncated", message))
+        else:
+            why = f"{type(exc).__name__}: {exc}" if exc else "ServerDisconnectedError: the server closed the connection"
+            self._fail(WireError("connection", why, stale=not self._received and self.used > 1))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost decides what the answer was
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            self.reusable = False  # bytes nobody asked for: never reuse this connection
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._received = True
+        state = self._state
+        if state == _LENGTH:  # the hot path: the rest of a Content-Length body
+            n = len(data)
+            resp = self._resp
+            assert resp is not None
+            if n < self._remaining:
+                self._remaining -= n
+                resp.nbytes += n
+                return
+            resp.nbytes += self._remaining
+            if n > self._remaining:
+                self.reusable = False
+            self._finish(resp)
+            return
+        if state == _UNTIL_CLOSE:
+            assert self._resp is not None
+            self._resp.nbytes += len(data)
+            return
+        self._buf += data
+        try:
+            self._parse()
+        except WireError as exc:
+            self.reusable = False
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.close()
+
+    # requests
+
+    def request(self, head: bytes, head_only: bool, deadline: float, timeout_message: str) -> asyncio.Future[Response]:
+        """Send one request; the future resolves with its answer or fails with a :class:`WireError`."""
+        waiter = self.loop.create_future()
+        self._waiter = waiter
+        self._state = _HEAD
+        self._buf = b""
+        self._head_only = head_only
+        self._received = False
+        self._resp = None
+        self._timeout_message = timeout_message
+        self.used += 1
+        self._timer = self.loop.call_at(deadline, self._on_timeout)
+        assert self.transport is not None
+        self.transport.write(head)
+        return waiter
+
+    def close(self) -> None:
+        self.closed = True
+        self.reusable = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._fail(WireError("fetch_timeout", self._timeout_message))
+        self.closed = True
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _finish(self, resp: Response) -> None:
+        self._state = _IDLE
+        self._buf = b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(resp)
+
+    def _fail(self, exc: WireError) -> None:
+        self._state = _IDLE
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _parse(self) -> None:
+        """Advance through the buffered bytes: head, then the body in whichever framing it has."""
+        while True:
+            state = self._state
+            if state == _HEAD:
+                end = self._buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buf) > MAX_HEAD_BYTES:
+                        raise WireError("connection", f"response head longer than {MAX_HEAD_BYTES} bytes")
+                    return
+                head, self._buf = self._buf[:end], self._buf[end + 4:]
+                if not self._start_body(head):
+                    continue  # an interim 1xx answer: the real one follows
+            elif state == _LENGTH:
+                resp = self._resp
+                assert resp is not None
+                n = len(self._buf)
+                if n < self._remaining:
+                    resp.nbytes += n
+                    self._remaining -= n
+                    self._buf = b""
+                    return
+                resp.nbytes += self._remaining
+                if n > self._remaining:
+                    self.reusable = False
+                self._finish(resp)
+                return
+            elif state == _UNTIL_CLOSE:
+                assert self._resp is not None
+                self._resp.nbytes += len(self._buf)
+                self._buf = b""
+                return
+            elif state == _CHUNK_SIZE:
+                end = self._buf.find(b"\r\n")
+                if end < 0:
+                    if len(self._buf) > 1024:
+                        raise WireError("truncated", "malformed chunk size line")
+                    return
+                line, self._buf = self._buf[:end], self._buf[end + 2:]
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise WireError("truncated", f"malformed chunk size {size_text[:40]!r}") from None
+                if size < 0:
+                    raise WireError("truncated", f"malformed chunk size {size_text[:40]!r}")
+                self._remaining = size
+                self._state = _CHUNK_DATA if size else _TRAILER
+            elif state == _CHUNK_DATA:
+                resp = self._resp
+                assert resp is not None
+                take = min(self._remaining, len(self._buf))
+                resp.nbytes += take
+                self._remaining -= take
+                self._buf = self._buf[take:]
+                if self._remaining:
+                    return
+                self._state = _CHUNK_CRLF
+            elif state == _CHUNK_CRLF:
+                if len(self._buf) < 2:
+                    return
+                if self._buf[:2] != b"\r\n":
+                    raise WireError("truncated", "chunk data not followed by CRLF")
+                self._buf = self._buf[2:]
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILER:
+                end = self._buf.find(b"\r\n")
+                if end < 0:
+                    if len(self._buf) > MAX_HEAD_BYTES:
+                        raise WireError("truncated", "chunked trailer too long")
+                    return
+                line, self._buf = self._buf[:end], self._buf[end + 2:]
+                if not line:  # the empty line after the last chunk (and any trailer fields)
+                    if self._buf:
+                        self.reusable = False
+                    assert self._resp is not None
+                    self._finish(self._resp)
+                    return
+            else:
+                return
+
+    def _start_body(self, head: bytes) -> bool:
+        """Parse a response head; False for an interim (1xx) answer. Sets the body framing."""
+        text = head.decode("latin-1")
+        status_line, _, rest = text.partition("\r\n")
+        version, _, status_reason = status_line.partition(" ")
+        code, _, reason = status_reason.partition(" ")
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise WireError("connection", f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        status = int(code)
+        headers: dict[str, str] = {}
+        lengths: set[str] = set()
+        if rest:
+            for line in rest.split("\r\n"):
+                name, sep, value = line.partition(":")
+                if not sep or not name or name[-1] in " \t":
+                    if line[:1] in (" ", "\t"):
+                        continue  # obsolete line folding: ignored, as it only continues a value
+                    raise WireError("connection", f"malformed header line {line[:80]!r}")
+                key = name.lower()
+                value = value.strip()
+                if key == "content-length":
+                    lengths.add(value)
+                headers[key] = value
+        if 100 <= status < 200:
+            return False
+        resp = Response(status, reason.strip(), headers)
+        self._resp = resp
+        connection = headers.get("connection", "").lower()
+        if "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection):
+            self.reusable = False
+        if len(lengths) > 1:
+            raise WireError("connection", f"conflicting Content-Length values {sorted(lengths)}")
+        if lengths:
+            value = lengths.pop()
+            if not value.isascii() or not value.isdigit():
+                raise WireError("connection", f"invalid Content-Length {value[:40]!r}")
+            resp.content_length = int(value)
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if self._head_only or status in _NO_BODY_STATUSES:
+            if self._buf:
+                self.reusable = False
+            self._finish(resp)
+            return True
+        if chunked:
+            resp.content_length = None  # Transfer-Encoding overrides any Content-Length
+            self._state = _CHUNK_SIZE
+        elif resp.content_length is not None:
+            self._remaining = resp.content_length
+            if not self._remaining:
+                if self._buf:
+                    self.reusable = False
+                self._finish(resp)
+                return True
+            self._state = _LENGTH
+        else:
+            self.reusable = False  # the body ends when the connection does
+            self._state = _UNTIL_CLOSE
+        return True
+
+
+class Pool:
+    """Idle keep-alive connections to one address, per (scheme, host, port); opens new ones on demand."""
+
+    def __init__(self, address: str, ssl_context: ssl.SSLContext, connect_timeout_s: float,
+                 max_idle: int = 64) -> None:
+        self.address = address
+        self._ssl = ssl_context
+        self._connect_timeout_s = connect_timeout_s
+        self._max_idle = max_idle
+        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
+        self._all: set[Connection] = set()
+
+    async def acquire(self, target: Target, deadline: float, fresh: bool = False) -> tuple[Connection, bool]:
+        """A connection for ``target`` and whether it was reused (an idle one, if alive and not too old)."""
+        loop = asyncio.get_running_loop()
+        idle = None if fresh else self._idle.get((target.scheme, target.host, target.port))
+        now = loop.time()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
+                return conn, True
+            conn.close()
+            self._all.discard(conn)
+        return await self._connect(loop, target, deadline), False
+
+    def release(self, target: Target, conn: Connection) -> None:
+        """Back to the pool if the exchange left it clean; otherwise closed."""
+        if conn.closed or not conn.reusable:
+            conn.close()
+            self._all.discard(conn)
+            return
+        idle = self._idle.setdefault((target.scheme, target.host, target.port), [])
+        if len(idle) >= self._max_idle:
+            conn.close()
+            self._all.discard(conn)
+            return
+        conn.idle_since = conn.loop.time()
+        idle.append(conn)
+
+    def discard(self, conn: Connection) -> None:
+        conn.close()
+        self._all.discard(conn)
+
+    def close(self) -> None:
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, target: Target, deadline: float) -> Connection:
+        timeout = min(self._connect_timeout_s, deadline - loop.time())
+        tls = target.scheme == "https"
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop), self.address, target.port,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=target.host.rstrip(".") if tls else None,
+                )
+        except TimeoutError:
+            raise WireError("fetch_timeout", f"no connection to {self.address}:{target.port} within "
+                            f"{timeout:g} s") from None
+        except ssl.SSLError as exc:  # certificate verification failures included
+            raise WireError("tls", f"{type(exc).__name__}: {exc} (connecting to {self.address}:{target.port} "
+                            f"for {target.host})") from None
+        except OSError as exc:
+            raise WireError("connection", f"{type(exc).__name__}: cannot connect to {self.address}:"
+                            f"{target.port}: {exc.strerror or exc}") from None
+        self._all.add(conn)
+        return conn
+
+
+async def exchange(pool: Pool, target: Target, head: bytes, head_only: bool, timeout_s: float) -> Response:
+    """One request and its full answer within ``timeout_s``.
+
+    A reused connection that closes before any byte of the answer is replaced once by a fresh one, as
+    aiohttp does: the edge closed it while idle, so the request never reached it (not an attempt).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    message = f"no complete answer within {timeout_s:g} s"
+    fresh = False
+    while True:
+        conn, reused = await pool.acquire(target, deadline, fresh)
+        try:
+            resp = await conn.request(head, head_only, deadline, message)
+        except WireError as exc:
+            pool.discard(conn)
+            if reused and exc.stale:
+                fresh = True
+                continue
+            raise
+        except BaseException:  # cancelled: the connection is mid-exchange, never reuse it
+            pool.discard(conn)
+            raise
+        pool.release(target, conn)
+        return resp

@@ -32,9 +32,9 @@ from bench.bench_service import POPS, free_port
 from prewarm.client import PrewarmClient
 from prewarm.models import FINAL_STATUSES
 from prewarm.progress import TaskTable
+from prewarm.registry import STATE_ACTOR_NAME, coordinator_name
 from prewarm.report import report_csv
 from prewarm.settings import Settings
-from prewarm.state import STATE_ACTOR_NAME, coordinator_name
 from prewarm.testbed import Testbed
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-STATE_ACTOR_NAME = "prewarm-state"  # prewarm.state.STATE_ACTOR_NAME, repeated so importing this needs no Ray
+STATE_ACTOR_NAME = "prewarm-state"  # prewarm.registry.STATE_ACTOR_NAME, repeated so importing this needs no Ray
 DEFAULT_NAMESPACE = "prewarm"
 RAY_CALL_TIMEOUT_S = 60.0
 RESULT_COLUMNS = ["url", "pop", "ok", "address", "status_code", "x_cache", "bytes", "attempts", "elapsed_ms",

@@ -36,9 +36,9 @@ from prewarm.models import (
     request_error,
     utcnow,
 )
+from prewarm.registry import get_state_actor
 from prewarm.resolve import Resolver, find_distribution
 from prewarm.settings import Settings
-from prewarm.state import get_state_actor
 from prewarm.webhook import resolve_callback
 
 STATE_CALL_TIMEOUT_S = 30.0

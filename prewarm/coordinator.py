@@ -20,7 +20,6 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from prewarm.cloudfront import CloudFrontError, find_distribution_id, invalidate, invalidation_paths, make_clients
 from prewarm.cluster import ON_HEAD, choose_nodes
 from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
@@ -28,9 +27,9 @@ from prewarm.models import PrewarmRequest
 from prewarm.pacing import share_of
 from prewarm.plan import Lane, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
 from prewarm.progress import ResultRow, result_row
+from prewarm.registry import coordinator_name, get_state_actor
 from prewarm.resolve import Resolver
 from prewarm.settings import Settings
-from prewarm.state import coordinator_name, get_state_actor
 
 log = logging.getLogger("prewarm.coordinator")
 
@@ -164,6 +163,15 @@ class Coordinator:
     async def _invalidate(self) -> None:
         """Invalidate the URLs' paths and wait until CloudFront completed it, before anything is fetched."""
         await self.state.set_phase.remote(self.req_id, "invalidating")
+
+        # boto3 is loaded only by jobs that invalidate: the others start faster without it.
+        from prewarm.cloudfront import (
+            CloudFrontError,
+            find_distribution_id,
+            invalidate,
+            invalidation_paths,
+            make_clients,
+        )
 
         def run() -> int:
             cf, _ = make_clients()

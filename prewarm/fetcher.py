@@ -12,8 +12,8 @@ from prewarm.fetch import PopClient
 from prewarm.metrics import record_batch
 from prewarm.pacing import Pacer
 from prewarm.progress import ResultRow, is_hit
+from prewarm.registry import get_state_actor
 from prewarm.settings import Settings
-from prewarm.state import get_state_actor
 
 
 class Fetcher:

@@ -20,6 +20,7 @@ REPORT_COLUMNS = [
     "error_class",
     "error_message",
     "verify_x_cache",
+    "age",
     "rounds",
 ]
 
@@ -56,6 +57,7 @@ def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
             "error_class": np.asarray(table.error_classes, dtype=object)[table.error[ids]],
             "error_message": [table.messages.get(int(t), "") for t in ids],
             "verify_x_cache": np.asarray(table.x_cache_values, dtype=object)[table.verify_x_cache[ids]],
+            "age": pd.Series(table.age[ids], dtype="Int64").mask(table.age[ids] < 0),  # -1: no Age header
             "rounds": table.rounds[ids].astype(np.int64),
         },
         columns=REPORT_COLUMNS,
@@ -69,7 +71,7 @@ def extra_failure_rows(pop_failures: dict[str, str]) -> pd.DataFrame:
         [
             {"url": "", "pop": pop, "variant": "", "address": "", "status_code": 0, "x_cache": "", "bytes": 0,
              "attempts": 0, "elapsed_ms": 0.0, "error_class": "pop_unavailable", "error_message": reason,
-             "verify_x_cache": "", "rounds": 0}
+             "verify_x_cache": "", "age": None, "rounds": 0}
             for pop, reason in pop_failures.items()
         ],
         columns=REPORT_COLUMNS,

@@ -1,6 +1,7 @@
 """The detached state actor: one per cluster, aggregates every job's progress and builds its report.
 
-Find it from a notebook with ``ray.get_actor(STATE_ACTOR_NAME, namespace="prewarm")``. Fetchers report
+Find it from a notebook with ``ray.get_actor("prewarm-state", namespace="prewarm")``; other parts of
+the service find it through ``prewarm.registry``, which does not import this module's pandas and boto3. Fetchers report
 results in batches; the API reads progress and summaries from here, so those stay fast while jobs run.
 """
 
@@ -19,19 +20,18 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.cloudfront import CloudFrontError, make_clients, report_url, upload_report
 from prewarm.cluster import combined_ask, request_fetcher_nodes
 from prewarm.models import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
+from prewarm.registry import coordinator_alive
 from prewarm.report import cold_pairs, pop_table, report_csv, results_frame
 from prewarm.settings import Settings
 from prewarm.store import Store
 from prewarm.webhook import DeliveryStatus, deliver
 
 T = TypeVar("T")
-STATE_ACTOR_NAME = "prewarm-state"
 log = logging.getLogger("prewarm.state")
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
 DEADLINE_GRACE = timedelta(seconds=30)
@@ -521,39 +521,3 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
 # Restarted after a crash (it reloads from the store), and calls in flight are retried against the new
 # process: a result batch is applied once, since finished tasks ignore repeats.
 StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4)(State)
-
-
-def head_node_id() -> str | None:
-    for node in ray.nodes():
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return node["NodeID"]
-    return None
-
-
-def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
-    """The cluster's state actor, created on the head node on first use (detached: it outlives us)."""
-    namespace = settings.namespace
-    try:
-        return ray.get_actor(STATE_ACTOR_NAME, namespace=namespace)
-    except ValueError:
-        pass
-    options: dict[str, Any] = {
-        "name": STATE_ACTOR_NAME, "namespace": namespace, "lifetime": "detached", "get_if_exists": True,
-    }
-    head = head_node_id()
-    if head is not None:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
-    return StateActor.options(**options).remote(settings)
-
-
-def coordinator_alive(req_id: str, namespace: str) -> bool:
-    """Whether the job's coordinator actor exists (alive or being restarted)."""
-    try:
-        ray.get_actor(coordinator_name(req_id), namespace=namespace)
-    except ValueError:
-        return False
-    return True
-
-
-def coordinator_name(req_id: str) -> str:
-    return f"prewarm-coordinator-{req_id}"

@@ -12,8 +12,8 @@ import pytest
 import ray
 
 from prewarm.client import ApiError, PrewarmClient
+from prewarm.registry import STATE_ACTOR_NAME
 from prewarm.settings import Settings
-from prewarm.state import STATE_ACTOR_NAME
 from prewarm.testbed import Testbed
 
 from .conftest import RAY_TEST_KWARGS, request_body, serve_on_free_port, service_settings, wait_final

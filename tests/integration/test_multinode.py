@@ -19,7 +19,7 @@ from ray.cluster_utils import Cluster
 
 from prewarm.client import PrewarmClient
 from prewarm.cluster import FETCHER_RESOURCE
-from prewarm.state import STATE_ACTOR_NAME, coordinator_name
+from prewarm.registry import STATE_ACTOR_NAME, coordinator_name
 from prewarm.testbed import Testbed
 
 from .conftest import SPEC_POPS, origin_gets, request_body, serve_on_free_port, service_settings, wait_final

@@ -95,7 +95,7 @@ def all_results(req_id: str) -> pd.DataFrame:
     """Every task with its outcome, from the state actor (the CSV report holds failures only)."""
     import ray
 
-    from prewarm.state import STATE_ACTOR_NAME
+    from prewarm.registry import STATE_ACTOR_NAME
 
     actor = ray.get_actor(STATE_ACTOR_NAME, namespace=NAMESPACE["name"])
     return ray.get(actor.results.remote(req_id), timeout=30)

@@ -1,0 +1,54 @@
+"""Named actors and how every part finds them: the cluster's state actor and each job's coordinator.
+
+Fetchers, coordinators and the API import this instead of ``prewarm.state``, so an actor process does
+not load pandas and boto3 just to look up a handle: that keeps a job's actor start-up short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from prewarm.settings import Settings
+
+STATE_ACTOR_NAME = "prewarm-state"
+
+
+def head_node_id() -> str | None:
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return node["NodeID"]
+    return None
+
+
+def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
+    """The cluster's state actor, created on the head node on first use (detached: it outlives us)."""
+    namespace = settings.namespace
+    try:
+        return ray.get_actor(STATE_ACTOR_NAME, namespace=namespace)
+    except ValueError:
+        pass
+    options: dict[str, Any] = {
+        "name": STATE_ACTOR_NAME, "namespace": namespace, "lifetime": "detached", "get_if_exists": True,
+    }
+    head = head_node_id()
+    if head is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
+    from prewarm.state import StateActor  # only the first caller on a cluster creates it
+
+    return StateActor.options(**options).remote(settings)
+
+
+def coordinator_alive(req_id: str, namespace: str) -> bool:
+    """Whether the job's coordinator actor exists (alive or being restarted)."""
+    try:
+        ray.get_actor(coordinator_name(req_id), namespace=namespace)
+    except ValueError:
+        return False
+    return True
+
+
+def coordinator_name(req_id: str) -> str:
+    return f"prewarm-coordinator-{req_id}"

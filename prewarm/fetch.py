@@ -183,14 +183,13 @@ class PopClient:
             resp = await exchange(self._pool(address), target, head, method == "HEAD", self._settings.fetch_timeout_s)
         except WireError as exc:
             return _failed(result, exc.error_class, exc.message)
-        headers = resp.headers
         result.status = status = resp.status
-        result.x_cache = headers.get("x-cache", "")
+        result.x_cache = resp.header("x-cache") or ""
         result.content_length = resp.content_length
         result.nbytes = resp.nbytes
-        result.age = age_seconds(headers.get("age"))
+        result.age = age_seconds(resp.header("age"))
         if not 200 <= status < 300:
-            result.retry_after = retry_after_seconds(headers.get("retry-after"))
+            result.retry_after = retry_after_seconds(resp.header("retry-after"))
             return _failed(result, f"http_{status}", f"HTTP {status} {resp.reason}".strip())
         return result
 

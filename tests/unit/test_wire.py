@@ -19,7 +19,7 @@ import pytest
 
 from prewarm.fetch import FetchResult, PopClient, age_seconds
 from prewarm.settings import Settings
-from prewarm.wire import Target, build_head, header_block
+from prewarm.wire import Response, Target, build_head, header_block
 
 HOST = "www.example.com"
 Respond = Callable[[bytes, int], "bytes | tuple[bytes, bool] | None"]
@@ -294,6 +294,24 @@ def test_concurrent_fetches_are_capped_and_share_connections() -> None:
     results, server = asyncio.run(main())
     assert all(r.ok and r.nbytes == 1024 for r in results)
     assert server.connections <= 4 and len(server.heads) == 40
+
+
+def test_response_headers_are_found_by_name() -> None:
+    resp = Response(200, "OK", "\r\nX-Cache: Hit from cloudfront\r\nAGE: 7\r\nVia: a\r\nvia:  b \r\nX-Empty:")
+    assert resp.header("x-cache") == "Hit from cloudfront" and resp.header("age") == "7"
+    assert resp.header("via") == "b" and resp.header_values("via") == ["a", "b"]
+    assert resp.header("x-empty") == "" and resp.header("x") is None and resp.header("cache") is None
+    assert resp.headers == {"x-cache": "Hit from cloudfront", "age": "7", "via": "b", "x-empty": ""}
+    assert Response(204, "", "").header("age") is None
+
+
+def test_conflicting_content_lengths_are_refused() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+    results, _ = fetch_all(lambda head, n: reply, ["/a"], attempts=1)
+    assert results[0].error_class == "connection" and "conflicting" in results[0].error_message
+    same = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\ncontent-length: 4\r\n\r\nabcd"
+    results, _ = fetch_all(lambda head, n: same, ["/a"])
+    assert results[0].ok and results[0].nbytes == 4
 
 
 def test_age_parsing() -> None:

@@ -84,12 +84,13 @@ def url_problem(url: str) -> str | None:
         return "has no host"
     if port == 0:
         return "has port 0"
-    if not _valid_host(host):
+    if not valid_host(host):
         return f"invalid host {host!r}"
     return None
 
 
-def _valid_host(host: str) -> bool:
+def valid_host(host: str) -> bool:
+    """An IP address or a DNS host name (labels of letters, digits, ``-`` and ``_``)."""
     try:
         ipaddress.ip_address(host)
         return True

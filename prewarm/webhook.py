@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from prewarm.models import fmt_time
+from prewarm.fetch import retry_after_seconds
+from prewarm.models import fmt_time, valid_host
 from prewarm.resolve import edge_address_problem
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ MAX_CALLBACK_URL_LENGTH = 2048
 # Statuses that say "try again later" although they are 4xx.
 RETRYABLE_4XX = frozenset({408, 429})
 
-_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -93,17 +91,9 @@ def callback_url_problem(url: str) -> str | None:
         return "has no host"
     if port == 0:
         return "has port 0"
-    if not _valid_host(host):
+    if not valid_host(host):
         return f"invalid host {host!r}"
     return None
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOSTNAME.match(host))
 
 
 def _host_port(url: str) -> tuple[str, int, bool]:
@@ -200,19 +190,6 @@ def retry_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float 
     return max(0.0, delay)
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
 # --- one pinned POST ---------------------------------------------------------------------------------------
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -277,7 +254,7 @@ def _post_once(url: str, address: str, body: bytes, headers: dict[str, str], tim
         if expired.is_set():  # the watchdog cut the answer short; what was parsed may be truncated
             raise TimeoutError
         outcome = _Outcome(status=resp.status, reason=resp.reason or "",
-                           retry_after_s=_retry_after_seconds(resp.headers.get("Retry-After")))
+                           retry_after_s=retry_after_seconds(resp.headers.get("Retry-After")))
         with contextlib.suppress(OSError, http.client.HTTPException):
             resp.read(64 * 1024)  # the body is not used; read a little so the receiver sees a clean close
         return outcome

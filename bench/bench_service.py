@@ -3,9 +3,10 @@
 20,000 (URL, POP) tasks: 5,000 cached 1 KiB objects over 4 testbed POPs (plain http, as the raw client
 uses). The job runs once to fill the caches; the second, identical job is timed from POST to FINISHED
 (resolution, size probe and report included), and separately over its warming phase. The raw client
-then runs against one of the POPs. ``--compare-persistence`` repeats the job with PREWARM_PERSIST=0.
+then runs against one of the POPs. ``--compare-persistence`` repeats the job with PREWARM_PERSIST=0,
+``--compare-verify`` with ``verify: true`` (the timed jobs run with ``verify: false`` otherwise).
 
-    .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence]
+    .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence] [--compare-verify]
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
 
 
 def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_per_node: int = 0,
-            repeat: int = 1) -> tuple[float, float, int]:
+            repeat: int = 1, verify: bool = False) -> tuple[float, float, int]:
     """Run the job once to fill the caches, then ``repeat`` timed runs on a fresh service; the best
     (e2e s, warming s, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU)."""
     from prewarm.service import start_service, stop_service
@@ -87,9 +88,9 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
     try:
         client = PrewarmClient(base, timeout_s=120)
         urls = [tb.url(f"/obj/1kb/bench-{i}", scheme="http") for i in range(n_urls)]
-        # verify off: the raw client sends one GET per task, so the service is timed doing the same.
+        # verify off unless asked: the raw client sends one GET per task, so the service is timed doing the same.
         body = {"url_list": urls, "cf_domain": tb.cf_domain, "target_type": "pop", "pops": pops,
-                "timeout": 30, "instance_count": 1, "verify": False}
+                "timeout": 30, "instance_count": 1, "verify": verify}
         _, _, fill = run_job(client, body)
         assert fill["status"] == "FINISHED" and fill["success_count"] == fill["total_count"], fill
         runs = []
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side-by-side", action="store_true", help="also wrk and a curl-per-fetch loop, as ratios")
     ap.add_argument("--fetchers-per-node", type=int, default=0, help="PREWARM_FETCHERS_PER_NODE (0: one per CPU)")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs of the job; the best one counts")
+    ap.add_argument("--compare-verify", action="store_true",
+                    help="also time the job with verify: true (a HEAD per pair after its GET)")
     args = ap.parse_args(argv)
     pops = POPS[: args.pops]
 
@@ -128,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"warming {tasks / m_warming:.0f}/s; persistence costs "
                   f"{(1 - service_rps / (tasks / m_elapsed)) * 100:.1f}% end to end, "
                   f"{(1 - warming_rps / (tasks / m_warming)) * 100:.1f}% while warming (target <= 10%)", flush=True)
+        if args.compare_verify:
+            v_elapsed, v_warming, _ = measure(tb, pops, args.urls, persist=True,
+                                              fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
+                                              verify=True)
+            print(f"with verify: true: {tasks / v_elapsed:.0f} pairs/s end to end, warming {tasks / v_warming:.0f} "
+                  f"pairs/s; verification costs {(1 - (tasks / v_elapsed) / service_rps) * 100:.1f}% end to end, "
+                  f"{(1 - (tasks / v_warming) / warming_rps) * 100:.1f}% while warming", flush=True)
         address = tb.pop_addresses[pops[0]][0]
         warm(address, "www.example.com", "/obj/1kb/bench-0")
         raw = asyncio.run(raw_aiohttp_rps(address, "www.example.com", "/obj/1kb/bench-0", args.seconds))

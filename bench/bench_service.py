@@ -7,6 +7,7 @@ then runs against one of the POPs. ``--compare-persistence`` repeats the job wit
 ``--compare-verify`` with ``verify: true`` (the timed jobs run with ``verify: false`` otherwise).
 
     .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence] [--compare-verify]
+        [--timeline]
 """
 
 from __future__ import annotations
@@ -40,18 +41,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05) -> tuple[float, float, dict[str, Any]]:
-    """(seconds from POST to the end, seconds of the warming phase, final progress)."""
+def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05,
+            timeline: list[tuple[float, str]] | None = None) -> tuple[float, float, dict[str, Any]]:
+    """(seconds from POST to the end, seconds of the warming phase, final progress). ``timeline`` collects
+    (seconds after POST, phase/status) at each change seen by the poll."""
     t0 = time.perf_counter()
     req_id = client.prewarm(body)["request_id"]
     warming_at = None
+    last = ""
     while True:
         progress = client.progress(req_id)
+        now = time.perf_counter()
+        if timeline is not None and (seen := f"{progress['phase']}/{progress['status']}") != last:
+            timeline.append((now - t0, seen))
+            last = seen
         if warming_at is None and progress["phase"] in ("warming", "done"):
-            warming_at = time.perf_counter()
+            warming_at = now
         if progress["status"] in FINAL_STATUSES:
-            end = time.perf_counter()
-            return end - t0, end - (warming_at or t0), progress
+            return now - t0, now - (warming_at or t0), progress
         time.sleep(poll_s)
 
 
@@ -75,9 +82,10 @@ def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
 
 
 def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_per_node: int = 0,
-            repeat: int = 1, verify: bool = False) -> tuple[float, float, int]:
+            repeat: int = 1, verify: bool = False, timeline: bool = False) -> tuple[float, float, int]:
     """Run the job once to fill the caches, then ``repeat`` timed runs on a fresh service; the best
-    (e2e s, warming s, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU)."""
+    (e2e s, warming s, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU);
+    ``timeline`` prints when each timed job changed phase."""
     from prewarm.service import start_service, stop_service
 
     env = {**tb.env(), "PREWARM_MAX_URLS": str(max(n_urls, 100_000)), "PREWARM_PERSIST": "1" if persist else "0",
@@ -95,7 +103,10 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
         assert fill["status"] == "FINISHED" and fill["success_count"] == fill["total_count"], fill
         runs = []
         for _ in range(repeat):
-            elapsed, warming, progress = run_job(client, body)
+            phases: list[tuple[float, str]] = []
+            elapsed, warming, progress = run_job(client, body, timeline=phases)
+            if timeline:
+                print("timeline (s after POST): " + ", ".join(f"{t:.2f} {p}" for t, p in phases), flush=True)
             assert progress["status"] == "FINISHED" and progress["success_count"] == progress["total_count"], progress
             runs.append((elapsed, warming))
         return min(r[0] for r in runs), min(r[1] for r in runs), progress["total_count"]
@@ -114,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="timed runs of the job; the best one counts")
     ap.add_argument("--compare-verify", action="store_true",
                     help="also time the job with verify: true (a HEAD per pair after its GET)")
+    ap.add_argument("--timeline", action="store_true", help="print each timed job's phase changes")
     args = ap.parse_args(argv)
     pops = POPS[: args.pops]
 
     with Testbed(pops=pops) as tb:
         elapsed, warming, tasks = measure(tb, pops, args.urls, persist=True, fetchers_per_node=args.fetchers_per_node,
-                                          repeat=args.repeat)
+                                          repeat=args.repeat, timeline=args.timeline)
         service_rps, warming_rps = tasks / elapsed, tasks / warming
         print(f"service: {tasks} tasks ({args.urls} URLs x {len(pops)} POPs, cached 1 KiB, http) in {elapsed:.2f} s "
               f"= {service_rps:.0f} fetches/s end to end; warming phase {warming:.2f} s = {warming_rps:.0f}/s",

@@ -217,6 +217,38 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {u}" for u in failure_urls[:MAX_LISTED]]
         if len(failure_urls) > MAX_LISTED:
             lines.append(f"  ... and {len(failure_urls) - MAX_LISTED} more")
+    lines += _verification_lines(summary)
+    if summary.get("webhook"):
+        lines += ["", _webhook_line(summary["webhook"])]
     if summary.get("failure_pop_urls_report"):
         lines += ["", f"report: {summary['failure_pop_urls_report']}"]
     return "\n".join(lines)
+
+
+def _webhook_line(webhook: dict[str, Any]) -> str:
+    """Where the end-of-job callback stands: delivered, still retrying, or given up (with the last error)."""
+    if webhook.get("delivered"):
+        outcome = f"delivered (HTTP {webhook.get('last_status')})"
+    else:
+        outcome = "gave up" if webhook.get("gave_up") else "not delivered yet"
+    why = f", last error: {webhook['last_error']}" if webhook.get("last_error") and not webhook.get("delivered") else ""
+    return f"webhook {webhook.get('url', '?')}: {outcome} after {webhook.get('attempts', 0)} attempt(s){why}"
+
+
+def _verification_lines(summary: dict[str, Any]) -> list[str]:
+    """Whether the edges are warm now: verified Hits out of the successes, and the pairs that were not."""
+    ratio = summary.get("warm_ratio")
+    if ratio is None:
+        return []  # not verified (verify: false), or nothing succeeded
+    hits, ok = summary.get("verified_hit_count", 0), summary.get("success_count", 0)
+    lines = ["", f"verified warm: {hits} of {ok} successful pairs answered a Hit afterwards (warm_ratio {ratio:.3f})"]
+    cold = summary.get("cold_pairs") or []
+    count = summary.get("cold_pair_count", len(cold))
+    if count:
+        lines.append(f"cold pairs ({count}):")
+        for pair in cold[:MAX_LISTED]:
+            variant = f" [{pair['variant']}]" if pair.get("variant") else ""
+            lines.append(f"  {pair['pop']}  {pair['url']}{variant}: {pair.get('x_cache') or 'no X-Cache'}")
+        if count > min(len(cold), MAX_LISTED):
+            lines.append(f"  ... and {count - min(len(cold), MAX_LISTED)} more")
+    return lines

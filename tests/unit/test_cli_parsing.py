@@ -312,3 +312,30 @@ def test_summary_table() -> None:
     assert row.split() == ["ATL56-C1", "5", "1", "4.0", "KiB", "1.2", "-"]
     assert "failed POPs: ZZZ9-C9" in text and "... and 5 more" in text
     assert lines[-1] == "report: http://127.0.0.1:8000/reports/r1.csv"
+
+
+def test_summary_shows_verification_cold_pairs_and_webhook() -> None:
+    cold = [{"url": f"https://a.example/{i}", "pop": "ATL56-C1", "variant": "Accept-Encoding: br" if i == 0 else "",
+             "x_cache": "Miss from cloudfront"} for i in range(22)]
+    text = format_summary({
+        "request_id": "r2", "status": "FINISHED", "success_count": 30, "failure_count": 0, "pops": [],
+        "verified_hit_count": 8, "warm_ratio": 8 / 30, "cold_pairs": cold, "cold_pair_count": 22,
+        "webhook": {"url": "https://hooks.example/x", "attempts": 2, "delivered": True, "last_status": 200,
+                    "last_error": "HTTP 500 on attempt 1"},
+    })
+    lines = text.splitlines()
+    assert "verified warm: 8 of 30 successful pairs answered a Hit afterwards (warm_ratio 0.267)" in lines
+    assert "cold pairs (22):" in lines
+    assert "  ATL56-C1  https://a.example/0 [Accept-Encoding: br]: Miss from cloudfront" in lines
+    assert "  ATL56-C1  https://a.example/19: Miss from cloudfront" in lines
+    assert "https://a.example/20" not in text and "  ... and 2 more" in lines
+    assert lines[-1] == "webhook https://hooks.example/x: delivered (HTTP 200) after 2 attempt(s)"
+
+
+def test_summary_without_verification_says_nothing_of_it() -> None:
+    text = format_summary({"request_id": "r3", "status": "FINISHED", "success_count": 3, "failure_count": 0,
+                           "warm_ratio": None, "verified_hit_count": 0,
+                           "webhook": {"url": "https://h.example/", "attempts": 5, "delivered": False,
+                                       "gave_up": True, "last_error": "timeout"}})
+    assert "verified" not in text and "cold pairs" not in text
+    assert text.splitlines()[-1] == "webhook https://h.example/: gave up after 5 attempt(s), last error: timeout"

@@ -1,10 +1,10 @@
 """Helpers for analysing prewarm jobs in a notebook: read results from the cluster, tabulate, plot.
 
 Only ``connect``, ``list_jobs`` and ``load_results`` touch Ray (the detached state actor); every other
-function takes a results DataFrame (``url, pop, ok, address, status_code, x_cache, bytes, attempts,
-elapsed_ms, error_class, error_message``: one row per finished (URL, POP)) so it can be tested without a
-cluster. Plots build ``matplotlib.figure.Figure`` objects without pyplot: no global figure state piles up
-in a long-running kernel, and a figure left as a cell's last expression is displayed by the notebook.
+function takes a results DataFrame (``RESULT_COLUMNS``: one row per finished (URL, POP, variant), with the
+verification HEAD's ``verify_x_cache`` and ``age``) so it can be tested without a cluster. Plots build
+``matplotlib.figure.Figure`` objects without pyplot: no global figure state piles up in a long-running
+kernel, and a figure left as a cell's last expression is displayed by the notebook.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
+from prewarm.progress import is_hit
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
 STATE_ACTOR_NAME = "prewarm-state"  # prewarm.registry.STATE_ACTOR_NAME, repeated so importing this needs no Ray
 DEFAULT_NAMESPACE = "prewarm"
 RAY_CALL_TIMEOUT_S = 60.0
-RESULT_COLUMNS = ["url", "pop", "ok", "address", "status_code", "x_cache", "bytes", "attempts", "elapsed_ms",
-                  "error_class", "error_message"]
+RESULT_COLUMNS = ["url", "pop", "ok", "variant", "address", "status_code", "x_cache", "bytes", "attempts",
+                  "elapsed_ms", "error_class", "error_message", "verify_x_cache", "age", "rounds"]
+WARMTH_COLUMNS = ["success", "verified", "hits", "cold", "warm_ratio", "rewarmed"]
 POP_TABLE_COLUMNS = ["tasks", "success", "failure", "success_rate", "bytes", "p50_ms", "p95_ms"]
 TIME_COLUMNS = ("created_at", "last_update_time", "timestamp")
 # Status classes of the heat map: (label, colour); index 0 is "no HTTP answer" (timeouts, resets, ...).
@@ -261,3 +264,59 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
     rank = failed["error_class"].map(failed["error_class"].value_counts())
     return failed.assign(_rank=rank).sort_values(["_rank", "url", "pop"], ascending=[False, True, True]) \
         .drop(columns="_rank").reset_index(drop=True)
+
+
+def _verification(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(successful, verified, verified as a Hit) masks; frames without the verification columns count as
+    unverified."""
+    ok = df["ok"].astype(bool)
+    seen = (df["verify_x_cache"] if "verify_x_cache" in df else pd.Series("", index=df.index)).fillna("").astype(str)
+    verified = ok & (seen != "")
+    return ok, verified, verified & seen.map(is_hit).astype(bool)
+
+
+def warmth_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per POP (and variant, when the job had several): is the edge warm now?
+
+    ``verified`` successes had a verification HEAD, ``hits`` of them answered a Hit, ``cold`` did not,
+    ``warm_ratio`` is hits / success as in the summary (NaN without verification), ``rewarmed`` pairs
+    needed more than one GET (``until_hit``).
+    """
+    keys = ["pop", "variant"] if "variant" in df and df["variant"].fillna("").nunique() > 1 else ["pop"]
+    if df.empty:
+        return pd.DataFrame(columns=WARMTH_COLUMNS, index=pd.Index([], name="pop"))
+    ok, verified, hits = _verification(df)
+    rounds = df["rounds"].fillna(1) if "rounds" in df else pd.Series(1, index=df.index)
+    flags = pd.DataFrame({"success": ok, "verified": verified, "hits": hits, "rewarmed": ok & (rounds > 1)})
+    flags[keys] = df[keys].fillna("")
+    table = flags.groupby(keys, sort=False)[["success", "verified", "hits", "rewarmed"]].sum().astype(int)
+    table["cold"] = table["verified"] - table["hits"]
+    table["warm_ratio"] = (table["hits"] / table["success"]).where(table["verified"] > 0).round(4)
+    return table[WARMTH_COLUMNS]
+
+
+def cold_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Successful pairs whose verification was not a Hit: what ``until_hit`` or a retry should look at."""
+    _, verified, hits = _verification(df)
+    columns = [c for c in ("url", "pop", "variant", "address", "verify_x_cache", "age", "rounds") if c in df]
+    return df.loc[verified & ~hits, columns].reset_index(drop=True)
+
+
+def plot_warmth(df: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """Bar per POP: share of its successful pairs that verified as a Hit afterwards (warm_ratio)."""
+    fig, ax = _axes(ax, (7, 3.5))
+    table = warmth_table(df)
+    if "variant" in table.index.names:
+        table = table.groupby(level="pop", sort=False).sum()
+        table["warm_ratio"] = (table["hits"] / table["success"]).where(table["verified"] > 0)
+    table = table.dropna(subset=["warm_ratio"])
+    if table.empty:
+        _empty(ax, "verified warm by POP", "no verified pairs (verify: false?)")
+        return fig
+    ratios = table["warm_ratio"].astype(float) * 100
+    bars = ax.bar(table.index.astype(str), ratios, color=["#4caf50" if r == 100 else "#ff9800" for r in ratios])
+    ax.bar_label(bars, labels=[f"{r:.1f}%" for r in ratios])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("verified Hit (% of successes)")
+    ax.set_title("verified warm by POP")
+    return fig

@@ -20,7 +20,7 @@ from prewarm.testbed import Testbed
 from .conftest import SPEC_POPS, request_body, wait_final
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "prewarm_analysis.ipynb"
-PLOTS = ("plot_success_rate", "plot_latency", "plot_bytes", "plot_failures", "plot_status_heatmap")
+PLOTS = ("plot_success_rate", "plot_latency", "plot_bytes", "plot_failures", "plot_status_heatmap", "plot_warmth")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,13 +37,17 @@ def results_frame() -> pd.DataFrame:
     for i, url in enumerate(["https://w.example/a", "https://w.example/b", "https://w.example/missing"]):
         for j, pop in enumerate(SPEC_POPS):
             ok = "missing" not in url
-            rows.append({"url": url, "pop": pop, "ok": ok, "address": f"127.0.0.{j + 1}",
+            cold = url.endswith("/b") and pop == "SIN2-C1"  # verified a Miss even after one re-warm
+            rows.append({"url": url, "pop": pop, "ok": ok, "variant": "", "address": f"127.0.0.{j + 1}",
                          "status_code": 200 if ok else 404, "x_cache": "Miss from cloudfront" if ok else "",
                          "bytes": 1024 * (i + 1) if ok else 0, "attempts": 1, "elapsed_ms": 10.0 * (i + j + 1),
-                         "error_class": "" if ok else "http_404", "error_message": ""})
-    rows.append({"url": "https://w.example/slow", "pop": "SIN2-C1", "ok": False, "address": "127.0.0.2",
-                 "status_code": 0, "x_cache": "", "bytes": 0, "attempts": 3, "elapsed_ms": 3000.0,
-                 "error_class": "fetch_timeout", "error_message": "timed out"})
+                         "error_class": "" if ok else "http_404", "error_message": "",
+                         "verify_x_cache": ("Miss from cloudfront" if cold else "Hit from cloudfront") if ok else "",
+                         "age": 0 if ok else None, "rounds": 2 if cold else 1})
+    rows.append({"url": "https://w.example/slow", "pop": "SIN2-C1", "ok": False, "variant": "",
+                 "address": "127.0.0.2", "status_code": 0, "x_cache": "", "bytes": 0, "attempts": 3,
+                 "elapsed_ms": 3000.0, "error_class": "fetch_timeout", "error_message": "timed out",
+                 "verify_x_cache": "", "age": None, "rounds": 1})
     return pd.DataFrame(rows, columns=analysis.RESULT_COLUMNS)
 
 
@@ -70,6 +74,33 @@ def test_plots_and_failures_from_a_frame() -> None:
     failed = analysis.failures(frame)
     assert list(failed["error_class"]) == ["http_404"] * 3 + ["fetch_timeout"]
     assert [analysis.status_class(c) for c in (200, 304, 404, 503, 0)] == [1, 2, 3, 4, 0]
+
+
+def test_warmth_from_a_frame() -> None:
+    frame = results_frame()
+    table = analysis.warmth_table(frame)
+    assert list(table.index) == SPEC_POPS and list(table.columns) == analysis.WARMTH_COLUMNS
+    assert table.loc["SIN2-C1"].tolist() == [2, 2, 1, 1, 0.5, 1]
+    assert table.loc["ATL56-C1"].tolist() == [2, 2, 2, 0, 1.0, 0]
+    cold = analysis.cold_pairs(frame)
+    assert cold[["url", "pop", "verify_x_cache", "rounds"]].values.tolist() == [
+        ["https://w.example/b", "SIN2-C1", "Miss from cloudfront", 2]]
+    bars = analysis.plot_warmth(frame).axes[0]
+    assert [round(b.get_height(), 1) for b in bars.patches] == [100.0, 50.0, 100.0]
+
+    # Not verified (verify: false): no ratio, nothing cold, and the plot says why it is empty.
+    unverified = frame.assign(verify_x_cache="")
+    assert analysis.warmth_table(unverified)["warm_ratio"].isna().all() and analysis.cold_pairs(unverified).empty
+    assert not analysis.plot_warmth(unverified).axes[0].patches
+
+    # Two variants: one row per (POP, variant); the plot folds the variants back into their POP.
+    br = frame.assign(variant="Accept-Encoding: br", verify_x_cache=frame["verify_x_cache"].replace(
+        "Hit from cloudfront", "RefreshHit from cloudfront"))
+    both = pd.concat([frame.assign(variant="Accept-Encoding: gzip"), br], ignore_index=True)
+    table = analysis.warmth_table(both)
+    assert table.index.names == ["pop", "variant"] and len(table) == 2 * len(SPEC_POPS)
+    assert table.loc[("SIN2-C1", "Accept-Encoding: br"), "hits"] == 1  # RefreshHit is a Hit
+    assert [round(b.get_height(), 1) for b in analysis.plot_warmth(both).axes[0].patches] == [100.0, 50.0, 100.0]
 
 
 def test_jobs_frame_sorts_newest_first() -> None:
@@ -128,5 +159,11 @@ def test_notebook_runs_against_a_real_job(service: PrewarmClient, cdn: Testbed, 
     for name in PLOTS:
         cell = next(c for c in code if f"analysis.{name}(" in c.source)
         assert [o for o in outputs(cell) if "image/png" in o["data"]], name
+    # Verified warm: every one of the 12 successes (4 URLs x 3 POPs) answered a Hit to its verification HEAD.
+    warmth = outputs(next(c for c in code if "warmth_table(results)" in c.source))[0]["data"]["text/plain"]
+    warmth_rows = {line.split()[0]: line.split()[1:] for line in warmth.splitlines()[2:]}
+    assert warmth_rows == {pop: ["4", "4", "4", "0", "1.0", "0"] for pop in SPEC_POPS}, warmth
+    cold = outputs(next(c for c in code if "cold_pairs(results)" in c.source))[0]["data"]["text/plain"]
+    assert cold.startswith("Empty DataFrame"), cold
     jobs_cell = next(c for c in code if "analysis.list_jobs()" in c.source)
     assert req_id in outputs(jobs_cell)[0]["data"]["text/plain"]

@@ -64,12 +64,13 @@ class InvalidURLs(ValueError):
         self.urls = urls
 
 
-def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be warmed, or None when it is an absolute http(s) URL a viewer could fetch."""
+def url_problem(url: str, max_length: int = HARD_MAX_URL_LENGTH) -> str | None:
+    """Why ``url`` cannot be warmed (or called back), or None when it is an absolute http(s) URL a viewer
+    could fetch."""
     if not url:
         return "empty"
-    if len(url) > HARD_MAX_URL_LENGTH:
-        return f"longer than {HARD_MAX_URL_LENGTH} characters"
+    if len(url) > max_length:
+        return f"longer than {max_length} characters"
     if _CONTROL.search(url):
         return "contains whitespace or control characters"
     try:

@@ -19,7 +19,6 @@ import http.client
 import ipaddress
 import logging
 import random
-import re
 import socket
 import ssl
 import threading
@@ -31,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prewarm.fetch import retry_after_seconds
-from prewarm.models import fmt_time, valid_host
+from prewarm.models import fmt_time, url_problem
 from prewarm.resolve import edge_address_problem
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ MAX_CALLBACK_URL_LENGTH = 2048
 # Statuses that say "try again later" although they are 4xx.
 RETRYABLE_4XX = frozenset({408, 429})
 
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 # --- signing -----------------------------------------------------------------------------------------
@@ -71,29 +69,10 @@ def callback_url_problem(url: str) -> str | None:
     """
     if not isinstance(url, str):
         return "not a string"
-    if not url:
-        return "empty"
-    if len(url) > MAX_CALLBACK_URL_LENGTH:
-        return f"longer than {MAX_CALLBACK_URL_LENGTH} characters"
-    if _CONTROL.search(url):
-        return "contains whitespace or control characters"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return "not an absolute http(s) URL"
-    if "@" in parts.netloc:
-        return "must not contain user info (credentials) before the host"
-    host = parts.hostname or ""
-    if not host:
-        return "has no host"
-    if port == 0:
-        return "has port 0"
-    if not valid_host(host):
-        return f"invalid host {host!r}"
-    return None
+    problem = url_problem(url, MAX_CALLBACK_URL_LENGTH)
+    if problem is None and "@" in urlsplit(url).netloc:
+        problem = "must not contain user info (credentials) before the host"
+    return problem
 
 
 def _host_port(url: str) -> tuple[str, int, bool]:

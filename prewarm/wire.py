@@ -183,18 +183,8 @@ class Connection(asyncio.Protocol):
             return
         self._received = True
         state = self._state
-        if state == _LENGTH:  # the hot path: the rest of a Content-Length body
-            n = len(data)
-            resp = self._resp
-            assert resp is not None
-            if n < self._remaining:
-                self._remaining -= n
-                resp.nbytes += n
-                return
-            resp.nbytes += self._remaining
-            if n > self._remaining:
-                self.reusable = False
-            self._finish(resp)
+        if state == _LENGTH:  # the hot path: the rest of a Content-Length body, counted, never stored
+            self._count_length_body(len(data))
             return
         if state == _UNTIL_CLOSE:
             assert self._resp is not None
@@ -244,6 +234,19 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _count_length_body(self, n: int) -> None:
+        """``n`` more bytes of a Content-Length body; bytes past its end make the connection unusable."""
+        resp = self._resp
+        assert resp is not None
+        if n < self._remaining:
+            self._remaining -= n
+            resp.nbytes += n
+            return
+        resp.nbytes += self._remaining
+        if n > self._remaining:
+            self.reusable = False
+        self._finish(resp)
+
     def _finish(self, resp: Response) -> None:
         self._state = _IDLE
         self._buf = b""
@@ -277,18 +280,8 @@ class Connection(asyncio.Protocol):
                 if not self._start_body(head):
                     continue  # an interim 1xx answer: the real one follows
             elif state == _LENGTH:
-                resp = self._resp
-                assert resp is not None
-                n = len(self._buf)
-                if n < self._remaining:
-                    resp.nbytes += n
-                    self._remaining -= n
-                    self._buf = b""
-                    return
-                resp.nbytes += self._remaining
-                if n > self._remaining:
-                    self.reusable = False
-                self._finish(resp)
+                n, self._buf = len(self._buf), b""
+                self._count_length_body(n)
                 return
             elif state == _UNTIL_CLOSE:
                 assert self._resp is not None

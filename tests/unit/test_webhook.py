@@ -73,7 +73,7 @@ def test_callback_url_accepted(url: str) -> None:
         ("ftp://example.com/x", "http"),
         ("/relative/path", "http"),
         ("example.com/hook", "http"),
-        ("https://", "http"),
+        ("https://", "has no host"),  # the same words as for a url_list entry
         ("https://user:pass@example.com/", "user info"),
         ("https://user@example.com/", "user info"),
         ("https://example.com/a b", "whitespace"),

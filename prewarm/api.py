@@ -197,7 +197,7 @@ class PrewarmIngress:
         """Accept a prewarm job and answer at once; the work runs on the cluster."""
         raw = await _json_body(request, self.settings.max_body_bytes)
         selected = None
-        if isinstance(raw, dict) and "retry_of" in raw:
+        if isinstance(raw, dict) and raw.get("retry_of") is not None:  # "retry_of": null is a plain job
             req, cf_domain, selected = await self._retry(raw)
         else:
             req = validate_prewarm(raw, self.settings)

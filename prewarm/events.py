@@ -134,7 +134,12 @@ def parse_since(value: str | None) -> datetime | None:
         except ValueError:
             raise ValueError(f"field 'since': {value[:60]!r} is not a timestamp (use '2024-04-16 03:12:21.046535' "
                              "in UTC, or ISO 8601)") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # an offset that moves the moment past year 1 or 9999
+        raise ValueError(f"field 'since': {value[:60]!r} is out of range") from None
 
 
 def select_jobs(jobs: Iterable[J], status: str | None = None, limit: int | None = None,

@@ -32,6 +32,7 @@ MAX_CONCURRENCY = 1024
 MAX_VARIANTS = 16
 MAX_UNTIL_HIT = 5
 MAX_RPS = 100_000
+MIN_RPS = 0.01  # one request per 100 s; smaller shares would round to "no cap"
 MAX_COLD_PAIRS = 10_000  # listed in a summary; the count is always exact
 HARD_MAX_URL_LENGTH = 8192
 STATUSES = ("IN_PROGRESS", "FINISHED", "TIMEOUT", "FAILED", "STOPPED")
@@ -256,6 +257,10 @@ class PrewarmRequest(BaseModel):
             return None
         if not 1 <= len(value) <= MAX_VARIANTS:
             raise ValueError(f"must hold 1 to {MAX_VARIANTS} header objects")
+        for headers in value:
+            names = [k.lower() for k in headers]
+            if len(set(names)) != len(names):
+                raise ValueError(f"names one header twice (header names are case-insensitive): {headers}")
         keys = [tuple(sorted((k.lower(), v) for k, v in v_.items())) for v_ in value]
         if len(set(keys)) != len(keys):
             raise ValueError("holds the same variant twice")
@@ -276,8 +281,8 @@ class PrewarmRequest(BaseModel):
     @field_validator("max_rps")
     @classmethod
     def _max_rps(cls, value: float | None) -> float | None:
-        if value is not None and not 0 < value <= MAX_RPS:
-            raise ValueError(f"must be more than 0 and at most {MAX_RPS}")
+        if value is not None and not MIN_RPS <= value <= MAX_RPS:
+            raise ValueError(f"must be between {MIN_RPS} and {MAX_RPS}")
         return value
 
     @field_validator("retry_of")
@@ -305,7 +310,11 @@ class PrewarmRequest(BaseModel):
 
     def variant_headers(self) -> list[dict[str, str]]:
         """The request headers of each variant: ``header`` with the variant's headers on top."""
-        return [{**self.header, **v} for v in (self.variants or [{}])]
+        def merged(variant: dict[str, str]) -> dict[str, str]:
+            mine = {k.lower() for k in variant}  # header names are case-insensitive: the variant's wins
+            return {**{k: v for k, v in self.header.items() if k.lower() not in mine}, **variant}
+
+        return [merged(v) for v in (self.variants or [{}])]
 
     def variant_labels(self) -> list[str]:
         """How reports name each variant (empty for the single default variant)."""
@@ -355,11 +364,20 @@ class RetryRequest(BaseModel):
     def _retry_of(cls, value: str) -> str:
         return parse_req_id(value)
 
+    @field_validator("need_invalidate")
+    @classmethod
+    def _no_invalidation(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("a retry does not invalidate: CloudFront would empty every edge of those URLs, "
+                             "and the retry fetches them only through the POPs where they failed")
+        return value
+
     def build(self, original: dict[str, Any]) -> PrewarmRequest:
-        """The retry job's full request: the original's, with the fields given here on top."""
+        """The retry job's full request: the original's, with the fields given here on top; never an
+        invalidation, which would undo the original's successes at the other POPs."""
         changes = self.model_dump(exclude_unset=True)
         merged = {k: v for k, v in original.items() if k != "retry_of"}
-        merged.update(changes)
+        merged.update(changes, need_invalidate=False)
         return PrewarmRequest.model_validate(merged)
 
 

@@ -299,7 +299,12 @@ class State:
         """Deliver the summary to ``callback_url`` in the background, for what is left of the window."""
         started = job.last_update
         window = self.settings.webhook_window_s - (utcnow() - started).total_seconds()
-        threading.Thread(target=self._deliver_webhook, args=(job.req_id, max(1.0, window)),
+        if window <= 0:  # the service was down for the rest of the window: a late POST would surprise
+            job.webhook = {**DeliveryStatus(url=job.callback_url or "").to_dict(), **(job.webhook or {}),
+                           "gave_up": True, "last_error": "the retry window ended while the service was down"}
+            self._persist(job)
+            return
+        threading.Thread(target=self._deliver_webhook, args=(job.req_id, window),
                          name=f"webhook-{job.req_id}", daemon=True).start()
 
     def _deliver_webhook(self, req_id: str, window_s: float) -> None:
@@ -318,7 +323,8 @@ class State:
             deliver(job.callback_url or "", body, self.settings.webhook_secret,
                     allow_private=self.settings.allow_private_edges, window_s=window_s,
                     timeout_s=self.settings.webhook_timeout_s, ca_bundle=self.settings.ca_bundle,
-                    backoff_base_s=self.settings.webhook_backoff_s, on_attempt=on_attempt, stop=self._stop)
+                    backoff_base_s=self.settings.webhook_backoff_s, on_attempt=on_attempt, stop=self._stop,
+                    attempts_before=int((job.webhook or {}).get("attempts", 0)))
         except Exception:  # a delivery bug must not take the state actor down
             log.exception("[req_id=%s] webhook delivery failed", req_id, extra={"req_id": req_id})
 

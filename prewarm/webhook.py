@@ -269,17 +269,18 @@ def deliver(
     ca_bundle: str | None = None,
     on_attempt: Callable[[DeliveryStatus], None] | None = None,
     stop: threading.Event | None = None,
+    attempts_before: int = 0,
 ) -> DeliveryStatus:
     """POST ``body`` (JSON) to ``url`` until a 2xx, a permanent failure, or ``window_s`` has passed.
 
-    2xx: delivered. 4xx other than 408/429: gave up at once (the receiver rejects it; repeating
-    will not help). 3xx (never followed, as for POPs), 408, 429, 5xx, DNS failures, connection
-    errors and timeouts: retried with ``retry_delay`` backoff while the next attempt can still
-    start within ``window_s`` of the first. An address refused by the private rule is never
+    2xx: delivered. 3xx (never followed, as for POPs) and 4xx other than 408/429: gave up at once
+    (repeating will not help). 408, 429, 5xx, DNS failures, connection errors and timeouts: retried
+    with ``retry_delay`` backoff while the next attempt can still start within ``window_s`` of the
+    first. ``attempts_before`` carries the count of an interrupted delivery (a restart) on. An address refused by the private rule is never
     contacted: gave up, reason in ``last_error``. ``on_attempt`` gets a copy of the status after
     every attempt (and after a refusal), for the job summary. ``stop`` cancels between attempts.
     """
-    status = DeliveryStatus(url=url)
+    status = DeliveryStatus(url=url, attempts=attempts_before)
     stop = stop or threading.Event()
 
     def report() -> None:
@@ -330,10 +331,10 @@ def deliver(
                 status.last_error = outcome.error
             else:
                 status.last_error = f"HTTP {outcome.status} {outcome.reason}".strip()
+                if 300 <= outcome.status < 400:  # never followed (as for POPs); asking again gets the same
+                    return give_up(status.last_error + " (redirects are not followed; not retried)")
                 if 400 <= outcome.status < 500 and outcome.status not in RETRYABLE_4XX:
                     return give_up(status.last_error + " (permanent, not retried)")
-                if 300 <= outcome.status < 400:
-                    status.last_error += " (redirects are not followed)"
         delay = retry_delay(status.attempts, backoff_base_s, backoff_cap_s, retry_after)
         if time.monotonic() + delay >= deadline:
             return give_up(f"{status.last_error}; retry window of {window_s:g} s ended")

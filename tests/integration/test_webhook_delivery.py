@@ -190,10 +190,11 @@ def test_retry_after_is_capped() -> None:
     assert 0.3 <= rx.requests[1].at - rx.requests[0].at < 5.0  # 30 s asked, capped at 0.3 s
 
 
-def test_redirect_is_not_followed_but_retried() -> None:
+def test_redirect_is_not_followed_nor_retried() -> None:
     with Receiver([Reply(200)]) as elsewhere, Receiver([Reply(302, {"Location": elsewhere.url()}), Reply(200)]) as rx:
         status = deliver(rx.url(), BODY, SECRET, **fast())
-    assert status.delivered and status.attempts == 2 and len(rx.requests) == 2
+    assert status.gave_up and not status.delivered and status.attempts == 1 and len(rx.requests) == 1
+    assert status.last_status == 302 and "redirects are not followed; not retried" in status.last_error
     assert elsewhere.requests == [] and elsewhere.connections == 0
 
 
@@ -294,3 +295,71 @@ def test_https_with_an_untrusted_certificate_is_never_delivered(tls_files: TlsFi
     assert not status.delivered and status.gave_up and status.attempts >= 1
     assert "TLS" in status.last_error or "certificate" in status.last_error.lower()
     assert rx.requests == []
+
+
+# -- a delivery owed across a state-actor restart (the State class itself, on a real store) --------
+def _ended_job_with_webhook(state: object, url: str) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    request = {"url_list": ["https://www.example.com/a.css"], "instance_count": 1, "callback_url": url}
+    state.create_job("job-1", request, ["ATL56-C1"], "d111111abcdef8.cloudfront.net", now,  # type: ignore[attr-defined]
+                     now + timedelta(minutes=5))
+    state.finish("job-1", "STOPPED", "stopped by the test")  # type: ignore[attr-defined]
+    return "job-1"
+
+
+def _wait_webhook(state: object, req_id: str, done: object, timeout_s: float = 10.0) -> dict:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        webhook = state.jobs[req_id].webhook or {}  # type: ignore[attr-defined]
+        if done(webhook):  # type: ignore[operator]
+            return webhook
+        time.sleep(0.05)
+    raise AssertionError(f"webhook state not reached: {state.jobs[req_id].webhook}")  # type: ignore[attr-defined]
+
+
+def _state_settings(tmp_path: Path, window_s: float) -> object:
+    from prewarm.settings import Settings
+
+    return Settings(persist=True, state_dir=str(tmp_path), webhook_secret=SECRET, allow_private_edges=True,
+                    webhook_window_s=window_s, webhook_backoff_s=0.1, webhook_timeout_s=2.0)
+
+
+def test_owed_delivery_resumes_after_a_restart_and_keeps_counting_attempts(tmp_path: Path) -> None:
+    from prewarm.state import State
+
+    with Receiver([Reply(503)]) as rx:
+        first = State(_state_settings(tmp_path, 60.0))  # type: ignore[arg-type]
+        req_id = _ended_job_with_webhook(first, rx.url())
+        before = _wait_webhook(first, req_id, lambda w: w.get("attempts", 0) >= 2)
+        first._stop.set()  # the actor goes away mid-delivery
+        time.sleep(0.3)
+        sent = len(rx.requests)
+        assert sent >= 2 and not before["delivered"] and not before["gave_up"]
+        rx.script = [Reply(200)]
+        second = State(_state_settings(tmp_path, 60.0))  # type: ignore[arg-type]  # reloads the store
+        after = _wait_webhook(second, req_id, lambda w: w.get("delivered"))
+    assert len(rx.requests) == sent + 1 and after["attempts"] == sent + 1 and after["last_status"] == 200
+    summary = json.loads(rx.requests[-1].body)
+    assert summary["request_id"] == req_id and summary["status"] == "STOPPED"
+    assert verify_signature(rx.requests[-1].body, SECRET, rx.requests[-1].headers[SIGNATURE_HEADER])
+
+
+def test_owed_delivery_whose_window_passed_while_down_is_given_up_unsent(tmp_path: Path) -> None:
+    from prewarm.state import State
+
+    with Receiver([Reply(503)]) as rx:
+        first = State(_state_settings(tmp_path, 1.5))  # type: ignore[arg-type]
+        req_id = _ended_job_with_webhook(first, rx.url())
+        _wait_webhook(first, req_id, lambda w: w.get("attempts", 0) >= 1)
+        first._stop.set()
+        time.sleep(2.0)  # down for longer than the window
+        sent = len(rx.requests)
+        rx.script = [Reply(200)]
+        second = State(_state_settings(tmp_path, 1.5))  # type: ignore[arg-type]
+        after = second.jobs[req_id].webhook
+        time.sleep(0.5)
+    assert after["gave_up"] and not after["delivered"] and after["attempts"] == sent
+    assert "window ended while the service was down" in after["last_error"]
+    assert len(rx.requests) == sent  # no late POST

@@ -176,7 +176,8 @@ def test_parse_since_takes_the_spec_format_and_iso_8601() -> None:
     assert parse_since(None) is None and parse_since("") is None
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2024-13-01", "16/04/2024", "2024-04-16 25:00:00.0", "1713237141"])
+@pytest.mark.parametrize("value", ["yesterday", "2024-13-01", "16/04/2024", "2024-04-16 25:00:00.0", "1713237141",
+                                   "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+01:00"])
 def test_parse_since_rejects_other_text_naming_the_field(value: str) -> None:
     with pytest.raises(ValueError, match="field 'since'"):
         parse_since(value)

@@ -148,11 +148,19 @@ def test_variants_combine_with_header() -> None:
     assert req.variant_labels() == ["Accept-Encoding: gzip", "Accept-Encoding: br"]
 
 
+def test_a_variant_replaces_a_header_of_the_same_name_in_any_case() -> None:
+    req = PrewarmRequest.model_validate({**BASE, "header": ["accept-encoding: identity", "User-Agent: x"],
+                                         "variants": [{"Accept-Encoding": "gzip"}, {"user-agent": "m"}]})
+    assert req.variant_headers() == [{"User-Agent": "x", "Accept-Encoding": "gzip"},
+                                     {"accept-encoding": "identity", "user-agent": "m"}]
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"until_hit": 6}, "until_hit"), ({"until_hit": -1}, "until_hit"), ({"verify": "yes"}, "verify"),
     ({"variants": []}, "variants"), ({"variants": [{"Host": "x"}]}, "variants[0]"),
     ({"variants": [{"A": "1"}, {"a": "1"}]}, "variants"), ({"variants": "gzip"}, "variants"),
-    ({"max_rps": 0}, "max_rps"), ({"max_rps": "5"}, "max_rps"),
+    ({"max_rps": 0}, "max_rps"), ({"max_rps": "5"}, "max_rps"), ({"max_rps": 5e-324}, "max_rps"),
+    ({"variants": [{"Accept-Encoding": "gzip", "accept-encoding": "br"}]}, "variants"),
     ({"callback_url": "ftp://x/"}, "callback_url"), ({"callback_url": "http://"}, "callback_url"),
 ])
 def test_bad_new_fields_name_the_field(change: dict, field: str) -> None:
@@ -170,6 +178,15 @@ def test_retry_request_refuses_inherited_fields_and_merges_overrides() -> None:
     req = retry.build({**BASE, "header": {"X-A": "1"}, "verify": False})
     assert req.retry_of == "8c2b8bde-1fd6-4f7e-9b57-16e1c4c3a3d7"
     assert (req.timeout, req.header, req.verify, req.url_list) == (3, {"X-A": "1"}, False, BASE["url_list"])
+
+
+def test_a_retry_never_invalidates() -> None:
+    """Invalidating would empty every edge of the URLs; the retry refetches them only where they failed."""
+    retry = RetryRequest.model_validate({"retry_of": "8c2b8bde-1fd6-4f7e-9b57-16e1c4c3a3d7"})
+    assert retry.build({**BASE, "need_invalidate": True}).need_invalidate is False
+    with pytest.raises(ValidationError) as info:
+        RetryRequest.model_validate({"retry_of": "8c2b8bde-1fd6-4f7e-9b57-16e1c4c3a3d7", "need_invalidate": True})
+    assert request_error(info.value).message.startswith("field 'need_invalidate': a retry does not invalidate")
 
 
 # -- the store keeps the verification fields, and upgrades an older file --------------------------

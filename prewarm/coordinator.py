@@ -16,6 +16,7 @@ import uuid
 from collections import deque
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -125,9 +126,9 @@ class Coordinator:
             await self.state.set_phase.remote(self.req_id, "probing")
             n_cols = len(pops) * self.n_variants
             sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, n_cols)
-            await self.state.set_plan.remote(
-                self.req_id, [p.pop for p in pops], failures, sum(sizes.values()) * n_cols, probe_rows
-            )
+            url_sizes = np.zeros(len(req.url_list), dtype=np.int64)
+            url_sizes[list(sizes)] = list(sizes.values())
+            await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures, url_sizes, probe_rows)
             point = await self.state.resume_point.remote(self.req_id)
         else:
             # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
@@ -224,7 +225,8 @@ class Coordinator:
         limit = max(1, cap // len(self.fetchers))  # every fetcher probes through this one POP
         rps = share_of(self.request.max_rps, len(self.fetchers))
         results = await self._spread(
-            lambda fetcher, chunk: fetcher.probe_batch.remote(pop, addresses, chunk, self.deadline, limit, rps),
+            lambda owner, chunk: self.fetchers[owner].probe_batch.remote(
+                pop, addresses, chunk, self.deadline, limit, rps, self._phase(owner)),
             chunks,
         )
         sizes: dict[int, int] = {}
@@ -246,7 +248,7 @@ class Coordinator:
             while True:
                 owner = self._alive_owner(i)
                 try:
-                    return await call(self.fetchers[owner], chunk)
+                    return await call(owner, chunk)
                 except RayActorError:
                     self._mark_dead(owner)
 
@@ -267,15 +269,21 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 ray.kill(self.fetchers[index])
 
+    def _phase(self, owner: int) -> float:
+        """Where fetcher ``owner``'s paced requests start within an interval: the fetchers take turns."""
+        return owner / max(1, len(self.fetchers))
+
     def _rps_share(self) -> float | None:
         """Each busy fetcher's part of ``max_rps``: the cap split over the fetchers that still have lanes."""
         return share_of(self.request.max_rps, len(set(self.busy.values())))
 
     def _batch_size(self) -> int:
-        """Batches of about two seconds' work under a rate cap, so progress moves while paced."""
+        """Batches of about two seconds' work under a rate cap, so progress moves while paced (a verified
+        task is two requests, a GET and a HEAD, more when re-warmed)."""
         share = self._rps_share()
         size = self.settings.batch_size
-        return size if share is None else max(1, min(size, int(share * 2)))
+        per_task = 2 if self.request.verify else 1
+        return size if share is None else max(1, min(size, int(share * 2 / per_task)))
 
     async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]], limit: int) -> None:
         """Feed a lane's batches to its owner, a few in flight; on the owner's death, to a survivor."""
@@ -292,7 +300,8 @@ class Coordinator:
                     tasks = [(t, urls[t // n_cols]) for t in batch]
                     self.busy[lane.lane_id] = owner
                     ref = self.fetchers[owner].fetch_batch.remote(
-                        pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share()
+                        pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share(),
+                        self._phase(owner),
                     )
                     inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
                     self.dispatched += len(batch)

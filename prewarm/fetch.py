@@ -11,6 +11,7 @@ import asyncio
 import random
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import cache
@@ -82,12 +83,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+MAX_AGE_S = 2**31 - 1  # RFC 9111 5.1: an Age too large to represent is taken as the largest one
+
+
 def age_seconds(value: str | None) -> int | None:
     """``Age`` as whole seconds; None when absent or not a non-negative integer (delta-seconds)."""
     if value is None:
         return None
     value = value.strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return MAX_AGE_S if len(value) > 10 else min(int(value), MAX_AGE_S)
 
 
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -144,10 +150,12 @@ class PopClient:
         return pool
 
     async def fetch(self, url: str, method: str = "GET", deadline: float | None = None,
-                    address: str | None = None) -> FetchResult:
+                    address: str | None = None, pace: Callable[[], Awaitable[None]] | None = None) -> FetchResult:
         """Fetch ``url`` through this POP, retrying transient failures on the POP's next address.
 
         ``address`` pins every attempt to one of the POP's addresses (verifying the edge that answered).
+        ``pace`` (the job's rate cap) is awaited before every attempt, once a connection slot is held, so
+        neither retries nor requests queued for a slot can exceed the cap.
         """
         start = time.monotonic()
         try:
@@ -164,6 +172,10 @@ class PopClient:
         async with self.limit:
             for attempt in range(1, attempts + 1):
                 edge = address or self.addresses[(first + attempt - 1) % len(self.addresses)]
+                if pace is not None:  # time spent held back by the cap is not the fetch's latency
+                    paced_at = time.monotonic()
+                    await pace()
+                    start += time.monotonic() - paced_at
                 result = await self._once(target, head, method, edge)
                 result.attempts = attempt
                 if not result.error_class or not result.retryable or attempt == attempts:

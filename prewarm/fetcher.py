@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import ray
 
 from prewarm.fetch import PopClient
 from prewarm.metrics import record_batch
 from prewarm.pacing import Pacer
-from prewarm.progress import ResultRow, is_hit
+from prewarm.progress import NO_X_CACHE, ResultRow, is_hit
 from prewarm.registry import get_state_actor
 from prewarm.settings import Settings
 
@@ -51,14 +52,14 @@ class Fetcher:
 
     async def fetch_batch(
         self, pop: str, addresses: list[str], tasks: list[tuple[int, str]], deadline: float, limit: int,
-        variant: int = 0, rps: float | None = None,
+        variant: int = 0, rps: float | None = None, phase: float = 0.0,
     ) -> int:
         """Fetch every task of the batch, hand the results to the state actor, return how many.
 
         ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of
-        the job's request-rate cap (None: no cap).
+        the job's request-rate cap (None: no cap) and ``phase`` its place among the job's fetchers.
         """
-        self._pacer.set_rate(rps)
+        self._pacer.set_rate(rps, phase)
         client = self._client(pop, addresses, limit, variant)
         queue = deque(tasks)
         rows: list[ResultRow] = []
@@ -73,36 +74,38 @@ class Fetcher:
         record_batch(pop, rows)
         return len(rows)
 
+    def _pace(self) -> Callable[[], Awaitable[None]] | None:
+        return self._pacer.wait if self._pacer.rate else None  # no cap: nothing to await per request
+
     async def _warm(self, client: PopClient, task_id: int, url: str, deadline: float) -> ResultRow:
         """GET the pair; then verify it and re-warm it while cold, through the address that answered."""
-        await self._pacer.wait()
-        r = await client.fetch(url, "GET", deadline)
+        pace = self._pace()
+        r = await client.fetch(url, "GET", deadline, pace=pace)
         verify_x_cache, age, rounds = "", -1, 1
         if self._verify and r.ok:
             for round_ in range(self._until_hit + 1):
-                await self._pacer.wait()
-                check = await client.fetch(url, "HEAD", deadline, address=r.address)
-                verify_x_cache = check.x_cache if check.ok else f"verify failed: {check.error_class}"
+                check = await client.fetch(url, "HEAD", deadline, address=r.address, pace=pace)
+                # An answer without X-Cache is not a Hit: it gets a name, so it is listed as cold.
+                verify_x_cache = (check.x_cache or NO_X_CACHE) if check.ok else f"verify failed: {check.error_class}"
                 age = check.age if check.ok and check.age is not None else -1
                 if is_hit(verify_x_cache) or round_ == self._until_hit:
                     break
-                await self._pacer.wait()
-                await client.fetch(url, "GET", deadline, address=r.address)
+                await client.fetch(url, "GET", deadline, address=r.address, pace=pace)
                 rounds += 1
         return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1),
                 r.error_class, r.error_message, verify_x_cache, age, rounds)
 
     async def probe_batch(
         self, pop: str, addresses: list[str], items: list[tuple[int, str]], deadline: float, limit: int,
-        rps: float | None = None,
+        rps: float | None = None, phase: float = 0.0,
     ) -> list[ProbeRow]:
         """HEAD each URL through one POP: its size, or the 4xx that spares sending it to every POP."""
-        self._pacer.set_rate(rps)
+        self._pacer.set_rate(rps, phase)
         client = self._client(pop, addresses, limit)
+        pace = self._pace()
 
         async def one(index: int, url: str) -> ProbeRow:
-            await self._pacer.wait()
-            r = await client.fetch(url, "HEAD", deadline)
+            r = await client.fetch(url, "HEAD", deadline, pace=pace)
             return (index, r.status, r.content_length, r.error_class, r.error_message)
 
         return list(await asyncio.gather(*(one(i, u) for i, u in items)))

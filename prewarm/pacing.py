@@ -1,9 +1,11 @@
 """Origin protection: a job's ``max_rps`` cap, split over its fetchers and kept by each one's pacer.
 
-Every request a fetcher sends for the job (size probe, warm-up GET, verification HEAD, re-warm) waits
-for its pacer first. A pacer releases requests evenly spaced (a virtual-schedule limiter, GCRA) with
-no burst allowance, so the sum over fetchers never exceeds the cap in any window longer than one
-interval, whatever the fetchers' timing.
+Every request a fetcher sends for the job (size probe, warm-up GET, verification HEAD, re-warm, and
+each retry of one of those) waits for its pacer first, once it holds a connection slot. A pacer
+releases requests evenly spaced (a virtual-schedule limiter, GCRA) with no burst allowance, and the
+fetchers' first slots (and first after an idle spell, such as the size probe's end) are staggered by
+``phase`` (fetcher i of n starts i/n of an interval late), so n fetchers together send like one client
+at the cap rather than n requests at once.
 """
 
 from __future__ import annotations
@@ -16,26 +18,34 @@ from collections.abc import Callable
 class Pacer:
     """Releases at most ``rate`` requests per second, evenly spaced; ``rate`` None means no cap."""
 
-    def __init__(self, rate: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 phase: float = 0.0) -> None:
         self._interval = 0.0
-        self._next = 0.0
+        self._next: float | None = None  # no slot taken yet: the first one is offset by the phase
+        self._phase = phase
         self._clock = clock
-        self.set_rate(rate)
+        self.set_rate(rate, phase)
 
     @property
     def rate(self) -> float | None:
         return None if not self._interval else 1.0 / self._interval
 
-    def set_rate(self, rate: float | None) -> None:
-        """Change the cap (the coordinator re-splits it when fetchers die or finish their lanes)."""
+    def set_rate(self, rate: float | None, phase: float | None = None) -> None:
+        """Change the cap (the coordinator re-splits it when fetchers die or finish their lanes);
+        ``phase`` in [0, 1) is this pacer's place among the job's fetchers, for its first slot."""
         self._interval = 0.0 if not rate else 1.0 / rate
+        if phase is not None:
+            self._phase = phase % 1.0
 
     def reserve(self) -> float:
         """Claim the next slot; returns how long to wait for it (0 when it is now)."""
         if not self._interval:
             return 0.0
         now = self._clock()
-        slot = max(now, self._next)
+        if self._next is None or now > self._next + self._interval:  # first, or idle: back to our turn
+            slot = now + self._phase * self._interval
+        else:
+            slot = max(now, self._next)
         self._next = slot + self._interval
         return slot - now
 

@@ -29,6 +29,10 @@ def result_row(task: int, status: int = 0, x_cache: str = "", address: str = "",
             verify_x_cache, age, rounds)
 
 
+NO_X_CACHE = "(no X-Cache)"
+"""What verification records when the edge answered without an X-Cache header: not a Hit, so cold."""
+
+
 def is_hit(x_cache: str) -> bool:
     """CloudFront's X-Cache says the edge answered from its cache (``Hit`` or ``RefreshHit``)."""
     value = x_cache.strip().lower()
@@ -153,7 +157,7 @@ class TaskTable:
                     self.verified_count += 1
                     self.verified_hit_count += is_hit(verify)
             if len(row) > 11:
-                self.age[task] = row[10] if row[10] is not None else -1
+                self.age[task] = -1 if row[10] is None else min(max(int(row[10]), -1), 2**31 - 1)  # int32
                 self.rounds[task] = min(int(row[11]), 127)
             added += 1
         self.done_count += added

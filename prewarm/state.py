@@ -120,7 +120,7 @@ class State:
 
     # -- durability ------------------------------------------------------------------------------
     def _persist(self, job: Job, urls: bool = False) -> None:
-        self.store.save_job(job.req_id, job_meta(job), job.urls if urls else None)
+        self.store.save_job(job.req_id, job_meta(job), job.urls if urls else None, job.selected if urls else None)
 
     def _reload(self) -> None:
         """Rebuild every stored job; a running job whose coordinator is gone ends FAILED with the reason."""
@@ -172,8 +172,12 @@ class State:
         for t in table.failed_task_ids():
             triples.append((int(table.url_index(t)), table.pops[int(table.pop_index(t))],
                             int(table.variant_index(t))))
-        for pop in job.pop_failures:
-            if pop not in table.pops:
+        for pop in job.pop_failures:  # unresolvable: every pair the job held there failed
+            if pop in table.pops:
+                continue
+            if job.selected is not None:  # a retry job held only some of them
+                triples.extend((u, p, v) for u, p, v in job.selected if p == pop)
+            else:
                 triples.extend((u, pop, v) for u in range(len(job.urls)) for v in range(len(job.variants)))
         if not triples:
             return {"error": f"field 'retry_of': job {req_id} has no failed or unfinished tasks to retry"}
@@ -218,15 +222,23 @@ class State:
             self._persist(job)
 
     @writes
-    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], total_size: int,
+    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], url_sizes: np.ndarray | int,
                  probe_failures: list[ResultRow] | None = None) -> None:
-        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only."""
+        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only.
+
+        ``url_sizes`` holds each URL's size (0 when unknown); ``total_size`` counts it once per task the
+        job holds, so a retry job counts only the pairs it re-runs.
+        """
         job = self.jobs[req_id]
         if job.table is not None or job.final:
             return
         job.table = job.new_table(pops)
         job.pop_failures = dict(pop_failures)
-        job.total_size = total_size
+        if isinstance(url_sizes, int):
+            job.total_size = url_sizes
+        else:
+            held = (~job.table.skipped).reshape(len(job.urls), -1).sum(axis=1)
+            job.total_size = int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
         if probe_failures:
             job.table.record(probe_failures)
             self.store.save_results(req_id, probe_failures)
@@ -400,8 +412,10 @@ class State:
         if job is None:
             return None
         table = job.table
-        if table is None:
-            total, done, success, size = len(job.urls) * len(job.target_pops), 0, 0, 0
+        if table is None:  # before the plan: what the table will hold if every targeted POP resolves
+            total = len(job.selected) if job.selected is not None else (
+                len(job.urls) * len(job.target_pops) * len(job.variants))
+            done, success, size = 0, 0, 0
         else:
             total, done, success, size = table.total, table.done_count, table.success_count, table.download_size
         in_progress, available = counts(total, done, job.dispatched)
@@ -504,7 +518,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "last_update": job.last_update.timestamp(), "pops": None if job.table is None else job.table.pops,
         "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
         "instance_count": job.instance_count, "report_key": job.report_key,
-        "request": job.request, "variants": job.variants, "selected": job.selected, "api_base": job.api_base,
+        "request": job.request, "variants": job.variants, "api_base": job.api_base,
         "webhook": job.webhook,
     }
 

@@ -65,15 +65,18 @@ class Store:
     def enabled(self) -> bool:
         return self._db is not None
 
-    def save_job(self, req_id: str, meta: dict[str, Any], urls: list[str] | None = None) -> None:
-        """Insert or update a job's metadata; ``urls`` only on the first write."""
+    def save_job(self, req_id: str, meta: dict[str, Any], urls: list[str] | None = None,
+                 selected: list[Any] | None = None) -> None:
+        """Insert or update a job's metadata; ``urls`` (and a retry job's ``selected`` tasks, as large)
+        only on the first write, so the many later updates stay small."""
         if self._db is None:
             return
         with self._db:
             if urls is not None:
+                fixed: Any = urls if selected is None else {"urls": urls, "selected": selected}
                 self._db.execute(
                     "INSERT OR REPLACE INTO jobs (req_id, meta, urls) VALUES (?, ?, ?)",
-                    (req_id, json.dumps(meta), json.dumps(urls)),
+                    (req_id, json.dumps(meta), json.dumps(fixed)),
                 )
             else:
                 self._db.execute("UPDATE jobs SET meta = ? WHERE req_id = ?", (json.dumps(meta), req_id))
@@ -124,7 +127,10 @@ class Store:
                     (req_id,),
                 )
             ]
-            yield req_id, json.loads(meta), json.loads(urls), rows  # type: ignore[misc]
+            meta_dict, fixed = json.loads(meta), json.loads(urls)
+            if isinstance(fixed, dict):  # a retry job: its selected tasks were stored beside the URLs
+                meta_dict["selected"], fixed = fixed["selected"], fixed["urls"]
+            yield req_id, meta_dict, fixed, rows  # type: ignore[misc]
 
     def close(self) -> None:
         if self._db is not None:

@@ -276,9 +276,10 @@ def deliver(
     2xx: delivered. 3xx (never followed, as for POPs) and 4xx other than 408/429: gave up at once
     (repeating will not help). 408, 429, 5xx, DNS failures, connection errors and timeouts: retried
     with ``retry_delay`` backoff while the next attempt can still start within ``window_s`` of the
-    first. ``attempts_before`` carries the count of an interrupted delivery (a restart) on. An address refused by the private rule is never
-    contacted: gave up, reason in ``last_error``. ``on_attempt`` gets a copy of the status after
-    every attempt (and after a refusal), for the job summary. ``stop`` cancels between attempts.
+    first. An address refused by the private rule is never contacted: gave up, reason in
+    ``last_error``. ``on_attempt`` gets a copy of the status after every attempt (and after a
+    refusal), for the job summary. ``stop`` cancels between attempts. ``attempts_before`` carries
+    the count of a delivery interrupted by a restart on.
     """
     status = DeliveryStatus(url=url, attempts=attempts_before)
     stop = stop or threading.Event()

@@ -129,6 +129,25 @@ def test_pacer_spaces_requests_evenly_without_burst() -> None:
     assert pacer.reserve() == 0.0 and pacer.rate is None
 
 
+def test_fetchers_pacers_take_turns_at_the_start_and_after_idle() -> None:
+    """Four fetchers sharing a cap of 40/s: together like one client at 40/s, never four at once."""
+    clock = Clock()
+    pacers = [Pacer(share_of(40, 4), clock=clock, phase=i / 4) for i in range(4)]
+
+    def send_times(rounds: int) -> list[float]:
+        start = clock.now
+        return sorted(start + p.reserve() for _ in range(rounds) for p in pacers)
+
+    first = send_times(3)
+    assert [round(t - first[0], 3) for t in first] == [round(i * 0.025, 3) for i in range(12)]
+    clock.now += 5  # idle (the probe ended, the warming starts): still one at a time
+    again = send_times(2)
+    assert [round(t - again[0], 3) for t in again] == [round(i * 0.025, 3) for i in range(8)]
+    # Without phases the same pacers would send four at the same instant.
+    together = [Pacer(10, clock=clock) for _ in range(4)]
+    assert [p.reserve() for p in together] == [0.0] * 4
+
+
 def test_share_of_splits_the_cap() -> None:
     assert share_of(100, 4) == 25 and share_of(None, 3) is None and share_of(10, 0) == 10
 

@@ -82,14 +82,14 @@ def settings(**kw: Any) -> Settings:
 
 
 def fetch_all(respond: Respond, paths: list[str], *, method: str = "GET", trickle: bool = False,
-              headers: dict[str, str] | None = None, **kw: Any) -> tuple[list[FetchResult], Server]:
+              headers: dict[str, str] | None = None, pace: Any = None, **kw: Any) -> tuple[list[FetchResult], Server]:
     """Fetch each path in turn through one PopClient; the results and the server that answered."""
 
     async def main() -> tuple[list[FetchResult], Server]:
         async with serving(respond, trickle=trickle) as server:
             client = PopClient("TST1-P1", ["127.0.0.1"], settings(**kw), headers or {})
             try:
-                results = [await client.fetch(f"http://{HOST}:{server.port}{p}", method) for p in paths]
+                results = [await client.fetch(f"http://{HOST}:{server.port}{p}", method, pace=pace) for p in paths]
             finally:
                 await client.close()
             return results, server
@@ -201,6 +201,20 @@ def test_5xx_is_retried_with_retry_after_and_4xx_is_not() -> None:
     results, server = fetch_all(lambda head, n: b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno!", ["/a"])
     assert (results[0].error_class, results[0].attempts, results[0].nbytes) == ("http_404", 1, 3)
     assert len(server.heads) == 1
+
+
+def test_the_rate_cap_is_awaited_before_every_attempt_and_not_counted_as_latency() -> None:
+    paced: list[int] = []
+
+    async def pace() -> None:  # held back 0.3 s by the job's cap each time
+        paced.append(1)
+        await asyncio.sleep(0.3)
+
+    replies = [b"HTTP/1.1 503 Slow Down\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n", ok(b"fine")]
+    results, server = fetch_all(lambda head, n: replies[min(n, 2) - 1], ["/a", "/b"], pace=pace)
+    assert [r.attempts for r in results] == [2, 1] and len(server.heads) == 3
+    assert len(paced) == 3  # the retry waited for the cap too
+    assert results[0].elapsed_ms < 550, results[0].elapsed_ms  # 600+ if the two paced waits counted
 
 
 def test_silence_is_a_fetch_timeout_per_attempt() -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.deployment import Application
+from starlette.background import BackgroundTask
 
 from prewarm import __version__
 from prewarm.cluster import ON_HEAD, node_counts
@@ -272,6 +273,17 @@ class PrewarmIngress:
             raise RequestError(f"too many event streams open ({MAX_EVENT_STREAMS}); poll GET /prewarm instead",
                                status_code=503)
         base_url = str(request.base_url)
+        # The slot is taken now, not when Starlette starts the body, so a burst cannot pass the check together;
+        # it is given back once, by the stream's end or by the response's background task (a stream never
+        # started because its client left first).
+        self._streams += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._streams -= 1
 
         async def progress() -> dict[str, Any] | None:
             body = await self._state("progress", req_id)
@@ -281,14 +293,14 @@ class PrewarmIngress:
             return summary_response(await self._state("summary", req_id), base_url, req_id).model_dump()
 
         async def stream() -> Any:
-            self._streams += 1
             try:
                 async for frame in job_events(progress, summary, first=ProgressResponse(**first).model_dump()):
                     yield frame
             finally:
-                self._streams -= 1
+                release()
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS,
+                                 background=BackgroundTask(release))
 
     @api.get("/jobs", response_model=JobsResponse, responses=_ERRORS)
     async def jobs(self, status: str | None = Query(None, description="One of IN_PROGRESS, FINISHED, TIMEOUT, "

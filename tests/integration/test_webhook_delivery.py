@@ -42,7 +42,8 @@ class Received:
 class Receiver:
     """A real local HTTP server answering from a script (the last reply repeats) and recording requests."""
 
-    def __init__(self, script: list[Reply], tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, script: list[Reply], tls: tuple[Path, Path] | None = None,
+                 bind: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.script = list(script)
         self.requests: list[Received] = []
         self.connections = 0
@@ -91,7 +92,7 @@ class Receiver:
             def handle_error(self, request: object, client_address: object) -> None:  # e.g. failed handshakes
                 return
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server(bind, Handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -277,7 +278,29 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
         pytest.skip(f"no openssl: {exc}")
 
 
+def test_the_post_goes_to_the_address_that_was_checked_even_if_dns_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the name answers 127.0.0.1 when checked, 127.0.0.2 a moment later. Delivery must
+    connect to the checked address (with the name in Host), never look the name up again."""
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: str, *args: object, **kwargs: object) -> object:
+        if host == "hook.rebind.test":
+            lookups.append(host)
+            return real("127.0.0.1" if len(lookups) == 1 else "127.0.0.2", *args, **kwargs)  # type: ignore[arg-type]
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    with Receiver([Reply(200)]) as rx, Receiver([Reply(200)], bind=("127.0.0.2", rx.port)) as elsewhere:
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+        status = deliver(rx.url(host="hook.rebind.test"), BODY, SECRET, **fast())
+    assert status.delivered and len(rx.requests) == 1 and elsewhere.requests == []
+    assert rx.requests[0].headers["Host"] == f"hook.rebind.test:{rx.port}" and len(lookups) == 1
+
+
 def test_https_delivery_verifies_the_certificate(tls_files: TlsFiles) -> None:
+    first = socket.getaddrinfo("localhost", 443, type=socket.SOCK_STREAM)[0][4][0]
+    if first != "127.0.0.1":  # the receiver listens on 127.0.0.1 only
+        pytest.skip(f"localhost resolves to {first} first here")
     with Receiver([Reply(200)], tls=(tls_files.server_cert, tls_files.server_key)) as rx:
         status = deliver(rx.url(scheme="https"), BODY, SECRET, ca_bundle=str(tls_files.ca_cert), **fast())
         assert status.delivered and status.attempts == 1

@@ -171,28 +171,15 @@ def retry_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float 
 
 # --- one pinned POST ---------------------------------------------------------------------------------------
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to a fixed, already checked address; Host stays the URL's host."""
+def _pinned(conn: http.client.HTTPConnection, address: str) -> http.client.HTTPConnection:
+    """Make ``conn`` dial the already checked ``address``; Host, SNI and the certificate check keep the
+    URL's host (http.client resolves the host again otherwise: a DNS-rebinding hole)."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._pinned = address
-        self._create_connection = self._connect_pinned
+    def connect(target: tuple[str, int], timeout: float, source: Any = None) -> socket.socket:
+        return socket.create_connection((address, target[1]), timeout, source)
 
-    def _connect_pinned(self, target: tuple[str, int], timeout: float, source: Any = None) -> socket.socket:
-        return socket.create_connection((self._pinned, target[1]), timeout, source)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """As ``_PinnedHTTPConnection``, over TLS with SNI and certificate checked against the URL's host."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._pinned = address
-        self._create_connection = self._connect_pinned
-
-    def _connect_pinned(self, target: tuple[str, int], timeout: float, source: Any = None) -> socket.socket:
-        return socket.create_connection((self._pinned, target[1]), timeout, source)
+    conn._create_connection = connect  # type: ignore[attr-defined]
+    return conn
 
 
 @dataclass
@@ -212,9 +199,9 @@ def _post_once(url: str, address: str, body: bytes, headers: dict[str, str], tim
     conn: http.client.HTTPConnection
     if https:
         assert context is not None
-        conn = _PinnedHTTPSConnection(host, port, address, timeout_s, context)
+        conn = _pinned(http.client.HTTPSConnection(host, port, timeout=timeout_s, context=context), address)
     else:
-        conn = _PinnedHTTPConnection(host, port, address, timeout_s)
+        conn = _pinned(http.client.HTTPConnection(host, port, timeout=timeout_s), address)
     expired = threading.Event()
 
     def watchdog() -> None:  # a receiver that trickles bytes must not hold us past the timeout

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import urllib.error
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from prewarm.client import ApiError, PrewarmClient
@@ -195,17 +195,9 @@ def _retry(args: argparse.Namespace) -> int:
     for name in ("timeout", "instance_count"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
-    client = _client(args)
-    accepted = client.prewarm(body)
-    req_id = accepted["request_id"]
-    if not args.watch:
-        if args.json:
-            _print(accepted)
-        else:
-            print(f"request_id {req_id}: retrying the failed tasks of {args.req_id}")
-        return EXIT_OK
-    deadline = (args.timeout or 24 * 60) * 60 + WATCH_GRACE_S
-    return _follow_job(args, client, req_id, deadline, {"submit": accepted})
+    what = f"retrying the failed tasks of {args.req_id}"
+    return _post_job(args, body, (args.timeout or 24 * 60) * 60 + WATCH_GRACE_S,
+                     lambda req_id, accepted: [f"request_id {req_id}: {what}"], what)
 
 
 def job_exit_code(progress: dict[str, Any]) -> int:
@@ -218,19 +210,29 @@ def _submit(args: argparse.Namespace) -> int:
     args.pops, args.regions, args.countries = (split_list(args.pops), split_list(args.regions),
                                                split_list(args.countries))
     request = build_request(args, collect_urls(args))
+    n = len(request["url_list"])
+
+    def accepted_lines(req_id: str, accepted: dict[str, Any]) -> list[str]:
+        return [f"request_id {req_id}: {n} URLs, timeout at {accepted['timeout_at']} UTC",
+                f"follow it with: prewarm status {req_id}"]
+
+    return _post_job(args, request, args.timeout * 60 + WATCH_GRACE_S, accepted_lines, f"{n} URLs")
+
+
+def _post_job(args: argparse.Namespace, body: dict[str, Any], deadline_s: float,
+              accepted_lines: Callable[[str, dict[str, Any]], list[str]], what: str) -> int:
+    """POST a job; without --watch say it was accepted (or print the answer as JSON), with it follow it."""
     client = _client(args)
-    accepted = client.prewarm(request)
+    accepted = client.prewarm(body)
     req_id = accepted["request_id"]
     if not args.watch:
         if args.json:
             _print(accepted)
         else:
-            print(f"request_id {req_id}: {len(request['url_list'])} URLs, timeout at {accepted['timeout_at']} UTC")
-            print(f"follow it with: prewarm status {req_id}")
+            print("\n".join(accepted_lines(req_id, accepted)))
         return EXIT_OK
-    print(f"request {req_id}: {len(request['url_list'])} URLs, watching (Ctrl-C stops watching, not the job)",
-          file=sys.stderr, flush=True)
-    return _follow_job(args, client, req_id, args.timeout * 60 + WATCH_GRACE_S, {"submit": accepted})
+    print(f"request {req_id}: {what}, watching (Ctrl-C stops watching, not the job)", file=sys.stderr, flush=True)
+    return _follow_job(args, client, req_id, deadline_s, {"submit": accepted})
 
 
 def _follow_job(args: argparse.Namespace, client: PrewarmClient, req_id: str, deadline_s: float,

@@ -130,10 +130,10 @@ class TaskTable:
         self.skipped_count = int(self.skipped.sum())
 
     def record(self, rows: Iterable[Sequence]) -> int:
-        """Store results; returns how many were new (duplicates of finished tasks are ignored)."""
+        """Store ``ResultRow``s; returns how many were new (duplicates of finished tasks are ignored)."""
         added = 0
         for row in rows:
-            task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message = row[:9]
+            task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message, verify, age, rounds = row
             if not 0 <= task < self.grid or self.done[task]:
                 continue
             self.done[task] = True
@@ -151,14 +151,12 @@ class TaskTable:
             else:
                 self.ok[task] = True
                 self.success_count += 1
-                verify = row[9] if len(row) > 9 else ""
                 if verify:
                     self.verify_x_cache[task] = _intern(self.x_cache_values, verify)
                     self.verified_count += 1
                     self.verified_hit_count += is_hit(verify)
-            if len(row) > 11:
-                self.age[task] = -1 if row[10] is None else min(max(int(row[10]), -1), 2**31 - 1)  # int32
-                self.rounds[task] = min(int(row[11]), 127)
+            self.age[task] = -1 if age is None else min(max(int(age), -1), 2**31 - 1)  # int32
+            self.rounds[task] = min(int(rounds), 127)
             added += 1
         self.done_count += added
         return added

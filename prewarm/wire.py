@@ -247,23 +247,22 @@ class Connection(asyncio.Protocol):
             self.reusable = False
         self._finish(resp)
 
-    def _finish(self, resp: Response) -> None:
+    def _settle(self) -> asyncio.Future[Response] | None:
+        """End the exchange (idle, timer off); the request's future if it still waits for an outcome."""
         self._state = _IDLE
-        self._buf = b""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        return waiter if waiter is not None and not waiter.done() else None
+
+    def _finish(self, resp: Response) -> None:
+        self._buf = b""
+        if (waiter := self._settle()) is not None:
             waiter.set_result(resp)
 
     def _fail(self, exc: WireError) -> None:
-        self._state = _IDLE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if (waiter := self._settle()) is not None:
             waiter.set_exception(exc)
 
     def _parse(self) -> None:

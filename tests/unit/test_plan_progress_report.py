@@ -5,7 +5,7 @@ import pandas as pd
 
 from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask
 from prewarm.plan import interleave_by_node, lane_batches, plan_lanes
-from prewarm.progress import TaskTable, counts, percentage
+from prewarm.progress import TaskTable, counts, percentage, result_row
 from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
 
 
@@ -54,8 +54,8 @@ def test_choose_nodes_prefers_marked_nodes_and_caps_count() -> None:
 
 def row(task: int, ok: bool = True, nbytes: int = 100, ms: float = 10.0, pop_err: str = "http_404"):
     if ok:
-        return (task, 200, "Miss from cloudfront", "127.0.0.2", nbytes, 1, ms, "", "")
-    return (task, 404, "Miss from cloudfront", "127.0.0.2", 0, 1, ms, pop_err, "HTTP 404 Not Found")
+        return result_row(task, 200, "Miss from cloudfront", "127.0.0.2", nbytes, 1, ms, rounds=1)
+    return result_row(task, 404, "Miss from cloudfront", "127.0.0.2", 0, 1, ms, pop_err, "HTTP 404 Not Found", rounds=1)
 
 
 def test_task_table_counts_each_task_once() -> None:

@@ -1,7 +1,7 @@
 """Load on the running service over loopback: 50 concurrent POSTs, then sustained polling of progress and
 summary while the jobs run. Prints errors, lost jobs and latency percentiles.
 
-    .venv/bin/python bench/bench_load.py [--jobs 50] [--urls 40] [--pollers 8]
+    .venv/bin/python bench/bench_load.py [--jobs 50] [--urls 40] [--pollers 8] [--no-standby]
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=50)
     ap.add_argument("--urls", type=int, default=40)
     ap.add_argument("--pollers", type=int, default=8)
+    ap.add_argument("--no-standby", action="store_true", help="PREWARM_STANDBY=0: every job starts its processes")
     args = ap.parse_args(argv)
 
     from prewarm.service import start_service, stop_service
 
     with Testbed(pops=POPS) as tb:
-        base = start_service(Settings.from_env(tb.env()), port=free_port(),
+        env = {**tb.env(), "PREWARM_STANDBY": "0" if args.no_standby else "1"}
+        base = start_service(Settings.from_env(env), port=free_port(),
                              ray_init_kwargs={"num_cpus": 2, "include_dashboard": False})
         errors: list[str] = []
         try:
@@ -109,6 +111,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"errors: {len(errors)}, lost jobs: {len(lost)}, jobs with wrong counts: {len(wrong)}")
             for e in errors[:5]:
                 print("  ", e)
+            for rid in wrong[:5]:
+                p = final[rid]
+                rows = client.report(rid).decode().splitlines()
+                print(f"   {rid}: {p['status']} {p['success_count']}/{p['total_count']} "
+                      f"failures {p['failure_count']} {p.get('error_message', '')!r}; report: {rows[:3]}")
+            for rid in lost[:5]:
+                print(f"   not ended: {rid}: {client.progress(rid)}")
+                try:
+                    import ray
+
+                    from prewarm.registry import coordinator_name
+
+                    name = coordinator_name(rid)
+                    table = ray._private.state.actors().values()
+                    print("   its coordinator:", [(a.get("State"), a.get("DeathCause") or a.get("death_cause"))
+                                                  for a in table if a.get("Name") == name])
+                except Exception as exc:  # diagnostics only
+                    print("   (no actor table:", repr(exc), ")")
         finally:
             stop_service()
     return 1 if errors or lost or wrong else 0

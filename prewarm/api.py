@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -40,6 +41,7 @@ from prewarm.models import (
 from prewarm.registry import get_state_actor
 from prewarm.resolve import Resolver, find_distribution
 from prewarm.settings import Settings
+from prewarm.standby import Standby
 from prewarm.webhook import resolve_callback
 
 STATE_CALL_TIMEOUT_S = 30.0
@@ -183,6 +185,11 @@ class PrewarmIngress:
         self.state = get_state_actor(settings)
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)
         self._streams = 0  # open GET /prewarm/events streams (at most MAX_EVENT_STREAMS)
+        self.standby = Standby(settings) if settings.standby else None
+
+    def __del__(self) -> None:  # Serve calls this when it shuts the replica down
+        if getattr(self, "standby", None) is not None:
+            self.standby.close()
 
     async def _state(self, method: str, *args: Any) -> Any:
         ref = getattr(self.state, method).remote(*args)
@@ -215,12 +222,17 @@ class PrewarmIngress:
             )
             if problem:
                 raise RequestError(f"field 'callback_url': {problem}")
-        req_id = str(uuid.uuid4())
+        req_id, coordinator = self.standby.take() if self.standby else (str(uuid.uuid4()), None)
         now = utcnow()
         timeout_at = req.deadline(now)
-        await self._state("create_job", req_id, req.model_dump(), req.target_pops(), cf_domain, now, timeout_at,
-                          str(request.base_url).rstrip("/"), selected)
-        start_job(req_id, req, cf_domain, time.time() + req.timeout * 60, self.settings)
+        try:
+            await self._state("create_job", req_id, req.model_dump(), req.target_pops(), cf_domain, now,
+                              timeout_at, str(request.base_url).rstrip("/"), selected)
+        except BaseException:
+            if coordinator is not None:  # it was started for this request id only
+                ray.kill(coordinator, no_restart=True)
+            raise
+        start_job(req_id, req, cf_domain, time.time() + req.timeout * 60, self.settings, coordinator)
         return PrewarmResponse(status="Success", request_id=req_id, timestamp=fmt_time(now),
                                timeout_at=fmt_time(timeout_at))
 

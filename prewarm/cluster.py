@@ -30,8 +30,7 @@ def choose_nodes(nodes: list[dict[str, Any]], instance_count: int, fetchers_per_
     Each node gets ``fetchers_per_node`` fetchers, or as many as it has CPUs when that is 0.
     """
     alive = [n for n in nodes if n.get("Alive")]
-    marked = [n for n in alive if n.get("Resources", {}).get(FETCHER_RESOURCE, 0) > 0]
-    eligible = sorted(marked or alive, key=lambda n: n["NodeID"])
+    eligible = sorted(_marked(alive) or alive, key=lambda n: n["NodeID"])
     if not eligible:
         return []
     start = zlib.crc32(salt.encode()) % len(eligible)
@@ -43,10 +42,19 @@ def choose_nodes(nodes: list[dict[str, Any]], instance_count: int, fetchers_per_
     return slots
 
 
+def _marked(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [n for n in nodes if n.get("Alive") and n.get("Resources", {}).get(FETCHER_RESOURCE, 0) > 0]
+
+
+def fetcher_nodes_exist(nodes: list[dict[str, Any]]) -> bool:
+    """Whether any alive node is marked as a fetcher node (then fetchers run only there)."""
+    return bool(_marked(nodes))
+
+
 def node_counts() -> tuple[int, int]:
     """(alive nodes, alive nodes marked as fetcher nodes)."""
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    return len(alive), sum(1 for n in alive if n.get("Resources", {}).get(FETCHER_RESOURCE, 0) > 0)
+    return len(alive), len(_marked(alive))
 
 
 def combined_ask(desired: int, running_instance_counts: list[int]) -> int:

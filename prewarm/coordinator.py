@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from prewarm.cluster import ON_HEAD, choose_nodes
+from prewarm.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
 from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
@@ -57,26 +57,42 @@ class JobFailed(Exception):
 
 
 class Coordinator:
-    def __init__(self, req_id: str, request: dict[str, Any], cf_domain: str, deadline: float,
-                 settings: Settings) -> None:
+    """Runs one job. It may be started before its job arrives (``prestart``: the API's standby), with the
+    fetchers the job will most likely want already starting, so that a job does not wait for processes."""
+
+    def __init__(self, req_id: str, settings: Settings, prestart: bool = False) -> None:
         self.req_id = req_id
-        self.request = PrewarmRequest.model_validate(request)
-        self.cf_domain = cf_domain
-        self.deadline = deadline
         self.settings = settings
         self.state = get_state_actor(settings)
+        self.request = PrewarmRequest.model_construct()  # the job's, once run() has it
+        self.cf_domain = ""
+        self.deadline = 0.0
+        self.n_variants = 1
         self.fetchers: list[Any] = []
         self.dead: set[int] = set()
         self.dispatched = 0
-        self.n_variants = len(self.request.variant_labels())
         self.busy: dict[int, int] = {}  # lane id -> the fetcher it is sent to, while it has work
         self.log = JobLog(log, {"req_id": req_id})
+        self.has_job = False
+        self.prestarted = self._prestart_fetchers() if prestart else {}
 
     def pid(self) -> int:
         return os.getpid()
 
-    async def run(self) -> str:
+    async def leave_unless_claimed(self, after_s: float) -> None:
+        """A standby nobody handed a job to (its API is gone) leaves after ``after_s``, with its fetchers."""
+        await asyncio.sleep(after_s)
+        if not self.has_job:
+            self.log.info("standby coordinator leaving: no job came in %g s", after_s)
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    async def run(self, request: dict[str, Any], cf_domain: str, deadline: float) -> str:
         """Run the job to its end and close it in the state actor; never raises."""
+        self.has_job = True
+        self.request = PrewarmRequest.model_validate(request)
+        self.cf_domain = cf_domain
+        self.deadline = deadline
+        self.n_variants = len(self.request.variant_labels())
         remaining = self.deadline - time.time()
         try:
             status, message = await asyncio.wait_for(self._work(), timeout=max(0.0, remaining))
@@ -91,7 +107,7 @@ class Coordinator:
         final = await self.state.finish.remote(self.req_id, status, message)
         record_job_end(final)
         self.log.info("job ended %s %s", final, message)
-        for fetcher in self.fetchers:
+        for fetcher in self.fetchers + [f for spare in self.prestarted.values() for f in spare]:
             with contextlib.suppress(Exception):
                 ray.kill(fetcher)
         # Leave once this call has returned: a clean exit that Ray neither restarts nor retries.
@@ -185,26 +201,49 @@ class Coordinator:
             raise JobFailed(f"invalidation failed: {exc}") from None
         self.log.info("invalidated %d path(s) in %d invalidation(s)", len(self.request.url_list), count)
 
+    def _new_fetcher(self, node_id: str, suffix: str) -> Any:
+        return FetcherActor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            name=fetcher_name(self.req_id, suffix), namespace=self.settings.namespace,
+        ).remote(self.req_id, self.settings)
+
+    def _prestart_fetchers(self) -> dict[str, list[Any]]:
+        """Start the fetchers of the node a job with ``instance_count: 1`` would get (the same rotation by
+        request id as ``_start_fetchers``); node id -> fetchers.
+
+        Not on a cluster with fetcher nodes: idle fetchers there would keep the autoscaler from removing
+        the nodes when the cluster is idle. There the standby is the coordinator alone.
+        """
+        nodes = ray.nodes()
+        if fetcher_nodes_exist(nodes):
+            return {}
+        slots = choose_nodes(nodes, 1, self.settings.fetchers_per_node, self.req_id)
+        generation = uuid.uuid4().hex[:6]
+        return {slot.node_id: [self._new_fetcher(slot.node_id, f"{generation}-p-{i}") for i in range(slot.fetchers)]
+                for slot in slots}
+
     async def _start_fetchers(self) -> None:
-        """Create fetchers on up to ``instance_count`` distinct nodes; never wait forever on placement."""
+        """Give the job fetchers on up to ``instance_count`` distinct nodes, using any started ahead for the
+        same node, and hand them the job's fetch options; never wait forever on placement."""
         nodes = await asyncio.to_thread(ray.nodes)
         slots = choose_nodes(nodes, self.request.instance_count, self.settings.fetchers_per_node, self.req_id)
+        prestarted, self.prestarted = self.prestarted, {}
         by_node: list[list[Any]] = []
         generation = uuid.uuid4().hex[:6]  # a restarted coordinator's fetchers get new names
         for n, slot in enumerate(slots):
-            strategy = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
-            by_node.append([
-                FetcherActor.options(
-                    scheduling_strategy=strategy, name=fetcher_name(self.req_id, f"{generation}-{n}-{i}"),
-                    namespace=self.settings.namespace,
-                ).remote(self.req_id, self.settings, self.request.variant_headers(), self.request.verify,
-                         self.request.until_hit)
-                for i in range(slot.fetchers)
-            ])
+            ready = prestarted.pop(slot.node_id, [])
+            for extra in ready[slot.fetchers:]:
+                ray.kill(extra)
+            ready = ready[: slot.fetchers]
+            by_node.append(ready + [self._new_fetcher(slot.node_id, f"{generation}-{n}-{i}")
+                                    for i in range(len(ready), slot.fetchers)])
+        for unused in (f for spare in prestarted.values() for f in spare):  # their node was not chosen
+            ray.kill(unused)
         candidates = interleave_by_node(by_node)
         started: list[Any] = []
         node_ids: list[str] = []
-        refs = [f.node_id.remote() for f in candidates]
+        options = (self.request.variant_headers(), self.request.verify, self.request.until_hit)
+        refs = [f.bind.remote(*options) for f in candidates]
         for fetcher, ref in zip(candidates, refs, strict=True):
             try:
                 node_ids.append(await asyncio.wait_for(asyncio.wrap_future(ref.future()), FETCHER_START_TIMEOUT_S))
@@ -333,12 +372,19 @@ class Coordinator:
 CoordinatorActor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3, max_concurrency=100)(Coordinator)
 
 
-def start_job(req_id: str, request: PrewarmRequest, cf_domain: str, deadline: float, settings: Settings) -> None:
-    """Create the request's detached coordinator and start it; the caller does not wait for the job."""
-    coordinator = CoordinatorActor.options(
+def create_coordinator(req_id: str, settings: Settings, prestart: bool = False) -> Any:
+    """The request's detached coordinator, named after it; ``prestart``: start its likely fetchers now."""
+    return CoordinatorActor.options(
         name=coordinator_name(req_id), namespace=settings.namespace, lifetime="detached", resources=ON_HEAD
-    ).remote(req_id, request.model_dump(), cf_domain, deadline, settings)
-    coordinator.run.remote()
+    ).remote(req_id, settings, prestart)
+
+
+def start_job(req_id: str, request: PrewarmRequest, cf_domain: str, deadline: float, settings: Settings,
+              coordinator: Any = None) -> None:
+    """Start the job on its coordinator (a standby made for ``req_id``, or a new one); the caller does not
+    wait for the job."""
+    coordinator = coordinator or create_coordinator(req_id, settings)
+    coordinator.run.remote(request.model_dump(), cf_domain, deadline)
 
 
 def kill_coordinator(req_id: str, namespace: str) -> bool:

@@ -24,16 +24,25 @@ class Fetcher:
     and re-warms a cold pair up to ``until_hit`` times. Every request waits for the job's pacer share.
     """
 
-    def __init__(self, req_id: str, settings: Settings, variant_headers: list[dict[str, str]],
-                 verify: bool = False, until_hit: int = 0) -> None:
+    def __init__(self, req_id: str, settings: Settings) -> None:
         self._req_id = req_id
         self._settings = settings
-        self._variant_headers = variant_headers or [{}]
-        self._verify = verify
-        self._until_hit = until_hit
+        self._variant_headers: list[dict[str, str]] = [{}]
+        self._verify = False
+        self._until_hit = 0
         self._clients: dict[tuple[str, int, int], PopClient] = {}
         self._pacer = Pacer()
         self._state = get_state_actor(settings)
+
+    def bind(self, variant_headers: list[dict[str, str]], verify: bool = False, until_hit: int = 0) -> str:
+        """Take the job's fetch options (a fetcher may be started before its job arrives); returns the node id.
+
+        Called once, before any batch.
+        """
+        self._variant_headers = variant_headers or [{}]
+        self._verify = verify
+        self._until_hit = until_hit
+        return self.node_id()
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

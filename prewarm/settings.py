@@ -44,6 +44,7 @@ class Settings:
     batch_size: int = 256
     fetchers_per_node: int = 0  # 0: the node's CPU count
     max_active_jobs: int = 4
+    standby: bool = True  # keep the next job's coordinator and fetchers started (prewarm/standby.py)
     report_bucket: str | None = None
     report_prefix: str = "prewarm/"
     report_url_expiry_s: int = 3600
@@ -87,6 +88,7 @@ class Settings:
             batch_size=int(num("PREWARM_BATCH_SIZE", base.batch_size)),
             fetchers_per_node=int(num("PREWARM_FETCHERS_PER_NODE", base.fetchers_per_node)),
             max_active_jobs=int(num("PREWARM_MAX_ACTIVE_JOBS", base.max_active_jobs)),
+            standby=_flag(env.get("PREWARM_STANDBY", "1")),
             report_bucket=env.get("PREWARM_REPORT_BUCKET") or None,
             report_prefix=env.get("PREWARM_REPORT_PREFIX", base.report_prefix),
             report_url_expiry_s=int(num("PREWARM_REPORT_URL_EXPIRY", base.report_url_expiry_s)),

@@ -506,6 +506,10 @@ class State:
         chosen = select_jobs(list(self.jobs.values()), status, limit, since)
         return [p for job in chosen if (p := self.progress(job.req_id))]
 
+    def running_jobs(self) -> int:
+        """How many jobs have not ended: the API starts its next standby while none runs."""
+        return sum(1 for j in self.jobs.values() if not j.final)
+
     def pid(self) -> int:
         return os.getpid()
 

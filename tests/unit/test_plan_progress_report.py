@@ -3,7 +3,7 @@ from collections import Counter
 
 import pandas as pd
 
-from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask
+from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask, fetcher_nodes_exist
 from prewarm.plan import interleave_by_node, lane_batches, plan_lanes
 from prewarm.progress import TaskTable, counts, percentage, result_row
 from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
@@ -50,6 +50,8 @@ def test_choose_nodes_prefers_marked_nodes_and_caps_count() -> None:
     assert choose_nodes(nodes, 1, 3, "x")[0].fetchers == 3
     unmarked = [{"NodeID": "n", "Alive": True, "Resources": {"CPU": 2}}]
     assert [s.node_id for s in choose_nodes(unmarked, 2, 0)] == ["n"]
+    assert fetcher_nodes_exist(nodes) and not fetcher_nodes_exist(unmarked)
+    assert not fetcher_nodes_exist([{**nodes[3]}])  # a dead fetcher node does not count
 
 
 def row(task: int, ok: bool = True, nbytes: int = 100, ms: float = 10.0, pop_err: str = "http_404"):

@@ -49,5 +49,6 @@ def test_settings_from_env() -> None:
     assert s.nameservers == ("127.0.0.1:53", "127.0.0.2:54")
     assert s.ca_bundle == "/x" and s.allow_private_edges and s.max_urls == 10
     assert not Settings.from_env({}).allow_private_edges
+    assert Settings.from_env({}).standby and not Settings.from_env({"PREWARM_STANDBY": "0"}).standby
     with pytest.raises(ValueError, match="PREWARM_MAX_URLS"):
         Settings.from_env({"PREWARM_MAX_URLS": "many"})

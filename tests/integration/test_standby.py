@@ -1,0 +1,137 @@
+"""The standby: the next job's coordinator and fetchers, started before the job (prewarm/standby.py).
+
+A job takes the standby's request id, coordinator and fetchers, and no process is started for it; the
+next standby starts only once the job has ended; a standby nobody takes leaves with its fetchers; a stale
+one is replaced and a closed keeper leaves none behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import ray
+
+from prewarm import standby as standby_module
+from prewarm.client import ApiError, PrewarmClient
+from prewarm.coordinator import create_coordinator
+from prewarm.registry import coordinator_name
+from prewarm.settings import Settings
+from prewarm.standby import Standby
+from prewarm.testbed import Testbed
+
+from .conftest import RAY_TEST_KWARGS, SPEC_POPS, origin_gets, request_body, serve_on_free_port, service_settings
+from .test_service import assert_warm
+
+COORDINATOR = "prewarm-coordinator-"
+
+
+@pytest.fixture(scope="module")
+def served(cdn: Testbed) -> Iterator[tuple[PrewarmClient, Settings]]:
+    from prewarm.service import stop_service
+
+    settings = service_settings(cdn)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
+    try:
+        yield PrewarmClient(base), settings
+    finally:
+        stop_service()
+
+
+def named(namespace: str, prefix: str) -> set[str]:
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == namespace and a["name"].startswith(prefix)}
+
+
+def standby_ids(namespace: str) -> set[str]:
+    return {name.removeprefix(COORDINATOR) for name in named(namespace, COORDINATOR)}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def pids(namespace: str, names: set[str]) -> set[int]:
+    return set(ray.get([ray.get_actor(n, namespace=namespace).pid.remote() for n in names]))
+
+
+def test_a_job_runs_on_the_standby_and_the_next_starts_after_it(served: tuple[PrewarmClient, Settings],
+                                                                 cdn: Testbed) -> None:
+    client, settings = served
+    ns = settings.namespace
+    (ready,) = wait_for("one standby coordinator", lambda: (ids := standby_ids(ns)) and len(ids) == 1 and ids)
+    # Its fetchers (one per CPU of the node: 2) are started with it, before any job.
+    prestarted = wait_for("the standby's fetchers", lambda: len(f := named(ns, f"prewarm-fetcher-{ready}-")) == 2 and f)
+    prestarted_pids = pids(ns, prestarted)
+
+    cdn.reset()
+    paths = [f"/fault/delay/1500/obj/1kb/standby-{i}" for i in range(3)]  # the job lasts ~3 s: probe, then GETs
+    urls = [cdn.url(p) for p in paths]
+    first = client.prewarm(request_body(urls, timeout=2))
+    second = client.prewarm(request_body([cdn.url("/obj/1kb/standby-second")], timeout=2))
+    assert first["request_id"] == ready  # the standby's id, coordinator and fetchers
+    assert second["request_id"] != ready  # no standby was ready for it: a coordinator started on demand
+
+    seen_during: set[str] = set()
+    while (progress := client.progress(ready))["status"] == "IN_PROGRESS":
+        seen_during |= standby_ids(ns) - {ready, second["request_id"]}
+        if progress["phase"] in ("probing", "warming"):
+            assert named(ns, f"prewarm-fetcher-{ready}-") == prestarted  # no fetcher started for the job
+            assert pids(ns, prestarted) == prestarted_pids
+        time.sleep(0.1)
+    assert progress["status"] == "FINISHED" and progress["success_count"] == progress["total_count"] == 9
+    assert client.progress(second["request_id"])["status"] in ("IN_PROGRESS", "FINISHED")
+    assert seen_during == set(), "the next standby started while a job was running"
+
+    assert origin_gets(cdn) == {**{(p, pop): 1 for p in paths for pop in SPEC_POPS},
+                                **{("/obj/1kb/standby-second", pop): 1 for pop in SPEC_POPS}}
+    assert_warm(cdn, urls, SPEC_POPS)
+
+    after = wait_for("the next standby", lambda: standby_ids(ns) - {ready, second["request_id"]})
+    (next_id,) = after
+    with pytest.raises(ApiError) as missing:  # not a job until a POST takes it
+        client.progress(next_id)
+    assert missing.value.status == 404
+    assert named(ns, f"prewarm-fetcher-{ready}-") == set()  # the job's fetchers left with it
+
+
+def test_an_unclaimed_standby_leaves_with_its_fetchers(served: tuple[PrewarmClient, Settings]) -> None:
+    _, settings = served
+    ns = settings.namespace
+    req_id = str(uuid.uuid4())
+    coordinator = create_coordinator(req_id, settings, prestart=True)
+    coordinator.leave_unless_claimed.options(max_task_retries=0).remote(2.0)
+    wait_for("its fetchers", lambda: len(named(ns, f"prewarm-fetcher-{req_id}-")) == 2, 30)
+    wait_for("it to leave", lambda: not named(ns, coordinator_name(req_id)) and
+             not named(ns, f"prewarm-fetcher-{req_id}-"), 30)
+
+
+def test_a_stale_standby_is_replaced_and_close_removes_it(served: tuple[PrewarmClient, Settings],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _, service = served
+    settings = dataclasses.replace(service, namespace=f"{service.namespace}-keeper")  # apart from the API's
+    monkeypatch.setattr(standby_module, "REPLACE_AFTER_S", 3.0)
+    monkeypatch.setattr(standby_module, "CHECK_EVERY_S", 0.2)
+    monkeypatch.setattr(standby_module, "START_WITHIN_S", 1.0)
+    keeper = Standby(settings)
+    try:
+        (first,) = wait_for("a standby", lambda: standby_ids(settings.namespace))
+        (second,) = wait_for("a fresh one instead", lambda: (ids := standby_ids(settings.namespace)) != {first}
+                             and len(ids) == 1 and ids, 60)
+        taken_id, taken = keeper.take()
+        assert taken_id == second and taken is not None
+        wait_for("one more after the take", lambda: standby_ids(settings.namespace) - {second}, 60)
+        ray.kill(taken, no_restart=True)
+    finally:
+        keeper.close()
+    wait_for("none left after close", lambda: not standby_ids(settings.namespace), 30)
+    wait_for("no fetcher left", lambda: not named(settings.namespace, "prewarm-fetcher-"), 30)

@@ -7,6 +7,7 @@ results in batches; the API reads progress and summaries from here, so those sta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,7 +26,7 @@ from prewarm.cloudfront import CloudFrontError, make_clients, report_url, upload
 from prewarm.cluster import combined_ask, request_fetcher_nodes
 from prewarm.models import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
-from prewarm.registry import coordinator_alive
+from prewarm.registry import coordinator_alive, coordinator_name
 from prewarm.report import cold_pairs, pop_table, report_csv, results_frame
 from prewarm.settings import Settings
 from prewarm.store import Store
@@ -55,6 +56,7 @@ class Job:
     error_message: str = ""
     last_update: datetime = field(default_factory=utcnow)
     last_liveness_check: datetime = field(default_factory=utcnow)
+    last_checkin: datetime = field(default_factory=utcnow)  # the coordinator's last call while queued
     table: TaskTable | None = None
     pop_failures: dict[str, str] = field(default_factory=dict)
     total_size: int = 0
@@ -200,6 +202,7 @@ class State:
         starting hundreds of processes at once.
         """
         job = self.jobs[req_id]
+        job.last_checkin = utcnow()  # its coordinator runs (see _get)
         if job.final:
             return True
         if job.phase != "queued":
@@ -397,6 +400,13 @@ class State:
         now = utcnow()
         if now > job.timeout_at + DEADLINE_GRACE:
             self.finish(req_id, "TIMEOUT", "the job's coordinator did not close it by its deadline")
+        elif job.phase == "queued" and now - job.last_checkin > timedelta(seconds=self.settings.coordinator_start_s):
+            # A coordinator that Ray is still creating keeps its name (so it looks alive) but never asks to be
+            # admitted: do not wait for the job's deadline.
+            self.finish(req_id, "FAILED", f"the job's coordinator did not start within "
+                        f"{self.settings.coordinator_start_s:g} s")
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(coordinator_name(req_id), namespace=self.namespace), no_restart=True)
         elif now - job.last_update > STALE_AFTER and now - job.last_liveness_check > STALE_AFTER:
             # Quiet for a while: make sure somebody still drives it, so none stays IN_PROGRESS forever.
             job.last_liveness_check = now

@@ -44,6 +44,7 @@ class JobLog(logging.LoggerAdapter):
         return f"[req_id={req_id}] {msg}", kwargs
 
 FETCHER_START_TIMEOUT_S = 60.0
+HEARTBEAT_S = 1.0
 BATCHES_IN_FLIGHT_PER_LANE = 2
 
 
@@ -94,6 +95,7 @@ class Coordinator:
         self.deadline = deadline
         self.n_variants = len(self.request.variant_labels())
         remaining = self.deadline - time.time()
+        heartbeat = asyncio.create_task(self._heartbeat())
         try:
             status, message = await asyncio.wait_for(self._work(), timeout=max(0.0, remaining))
         except TimeoutError:
@@ -104,6 +106,7 @@ class Coordinator:
         except Exception as exc:
             self.log.exception("job failed")
             status, message = "FAILED", f"{type(exc).__name__}: {exc}"
+        heartbeat.cancel()
         final = await self.state.finish.remote(self.req_id, status, message)
         record_job_end(final)
         self.log.info("job ended %s %s", final, message)
@@ -133,7 +136,7 @@ class Coordinator:
         if planned is None:
             pops = [r for r in resolved if not r.problem]
             if not pops:
-                await self.state.set_plan.remote(self.req_id, [], failures, 0)
+                await self.state.set_plan.remote(self.req_id, [], failures, np.zeros(len(req.url_list), np.int64))
                 raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
                                 + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
             await starting
@@ -170,11 +173,7 @@ class Coordinator:
         limits = per_fetcher_limits(lanes, n_cols, req.max_concurrency or self.settings.max_concurrency,
                                     self.n_variants)
         self.busy = {lane.lane_id: self._alive_owner(lane.owner) for lane in lanes}
-        ticker = asyncio.create_task(self._report_dispatched())
-        try:
-            await asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.column]) for lane in lanes))
-        finally:
-            ticker.cancel()
+        await asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.column]) for lane in lanes))
         return "FINISHED", ""
 
     async def _invalidate(self) -> None:
@@ -358,14 +357,17 @@ class Coordinator:
         finally:
             self.busy.pop(lane.lane_id, None)  # its fetcher's rate share goes to those still busy
 
-    async def _report_dispatched(self) -> None:
-        last = -1
+    async def _heartbeat(self) -> None:
+        """Tell the state actor, for the whole job, that this coordinator runs, with how many tasks it has
+        handed out: at each change (every 0.5 s at most), else every ``HEARTBEAT_S``. A job whose coordinator
+        falls silent is closed by the state actor (``PREWARM_COORDINATOR_SILENCE_TIMEOUT``)."""
+        last, sent_at = -1, 0.0
         while True:
-            if self.dispatched != last:
-                last = self.dispatched
+            now = time.monotonic()
+            if self.dispatched != last or now - sent_at >= HEARTBEAT_S:
+                last, sent_at = self.dispatched, now
                 self.state.dispatched.remote(self.req_id, last)
             await asyncio.sleep(0.5)
-
 
 # Restarted by Ray if its process dies (run() is retried and resumes from the state actor); a stop kills it
 # for good with no_restart.

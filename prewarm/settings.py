@@ -45,7 +45,7 @@ class Settings:
     fetchers_per_node: int = 0  # 0: the node's CPU count
     max_active_jobs: int = 4
     standby: bool = True  # keep the next job's coordinator and fetchers started (prewarm/standby.py)
-    coordinator_start_s: float = 300.0  # a queued job whose coordinator never checked in this long is FAILED
+    coordinator_silence_s: float = 300.0  # a job whose coordinator sent nothing this long is FAILED
     report_bucket: str | None = None
     report_prefix: str = "prewarm/"
     report_url_expiry_s: int = 3600
@@ -90,7 +90,8 @@ class Settings:
             fetchers_per_node=int(num("PREWARM_FETCHERS_PER_NODE", base.fetchers_per_node)),
             max_active_jobs=int(num("PREWARM_MAX_ACTIVE_JOBS", base.max_active_jobs)),
             standby=_flag(env.get("PREWARM_STANDBY", "1")),
-            coordinator_start_s=float(num("PREWARM_COORDINATOR_START_TIMEOUT", base.coordinator_start_s, float)),
+            coordinator_silence_s=float(num("PREWARM_COORDINATOR_SILENCE_TIMEOUT", base.coordinator_silence_s,
+                                            float)),
             report_bucket=env.get("PREWARM_REPORT_BUCKET") or None,
             report_prefix=env.get("PREWARM_REPORT_PREFIX", base.report_prefix),
             report_url_expiry_s=int(num("PREWARM_REPORT_URL_EXPIRY", base.report_url_expiry_s)),

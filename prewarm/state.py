@@ -56,7 +56,7 @@ class Job:
     error_message: str = ""
     last_update: datetime = field(default_factory=utcnow)
     last_liveness_check: datetime = field(default_factory=utcnow)
-    last_checkin: datetime = field(default_factory=utcnow)  # the coordinator's last call while queued
+    last_checkin: datetime = field(default_factory=utcnow)  # the coordinator's last admit() or heartbeat
     table: TaskTable | None = None
     pop_failures: dict[str, str] = field(default_factory=dict)
     total_size: int = 0
@@ -202,7 +202,7 @@ class State:
         starting hundreds of processes at once.
         """
         job = self.jobs[req_id]
-        job.last_checkin = utcnow()  # its coordinator runs (see _get)
+        job.last_checkin = utcnow()  # its coordinator runs (see _get); queued, it asks every 0.25 s
         if job.final:
             return True
         if job.phase != "queued":
@@ -225,7 +225,7 @@ class State:
             self._persist(job)
 
     @writes
-    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], url_sizes: np.ndarray | int,
+    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], url_sizes: np.ndarray,
                  probe_failures: list[ResultRow] | None = None) -> None:
         """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only.
 
@@ -237,11 +237,8 @@ class State:
             return
         job.table = job.new_table(pops)
         job.pop_failures = dict(pop_failures)
-        if isinstance(url_sizes, int):
-            job.total_size = url_sizes
-        else:
-            held = (~job.table.skipped).reshape(len(job.urls), -1).sum(axis=1)
-            job.total_size = int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
+        held = (~job.table.skipped).reshape(len(job.urls), -1).sum(axis=1)
+        job.total_size = int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
         if probe_failures:
             job.table.record(probe_failures)
             self.store.save_results(req_id, probe_failures)
@@ -261,7 +258,10 @@ class State:
 
     @writes
     def dispatched(self, req_id: str, total_dispatched: int) -> None:
-        self.jobs[req_id].dispatched = total_dispatched
+        """The coordinator's heartbeat: it runs, and has handed out this many tasks."""
+        job = self.jobs[req_id]
+        job.dispatched = total_dispatched
+        job.last_checkin = utcnow()
 
     def resume_point(self, req_id: str) -> dict[str, Any]:
         """What a (re)started coordinator needs: is the job over, its POPs if planned, the tasks left."""
@@ -400,11 +400,11 @@ class State:
         now = utcnow()
         if now > job.timeout_at + DEADLINE_GRACE:
             self.finish(req_id, "TIMEOUT", "the job's coordinator did not close it by its deadline")
-        elif job.phase == "queued" and now - job.last_checkin > timedelta(seconds=self.settings.coordinator_start_s):
-            # A coordinator that Ray is still creating keeps its name (so it looks alive) but never asks to be
-            # admitted: do not wait for the job's deadline.
-            self.finish(req_id, "FAILED", f"the job's coordinator did not start within "
-                        f"{self.settings.coordinator_start_s:g} s")
+        elif now - job.last_checkin > timedelta(seconds=self.settings.coordinator_silence_s):
+            # A coordinator that Ray is still creating or restarting keeps its name, so it looks alive, but it
+            # sends nothing: do not wait for the job's deadline.
+            self.finish(req_id, "FAILED", f"the job's coordinator did not run for "
+                        f"{self.settings.coordinator_silence_s:g} s (it never started, or it is stuck restarting)")
             with contextlib.suppress(Exception):
                 ray.kill(ray.get_actor(coordinator_name(req_id), namespace=self.namespace), no_restart=True)
         elif now - job.last_update > STALE_AFTER and now - job.last_liveness_check > STALE_AFTER:

@@ -3,7 +3,7 @@
 A job takes the standby's request id, coordinator and fetchers, and no process is started for it; the
 next standby starts only once the job has ended; a standby nobody takes leaves with its fetchers; a stale
 one is replaced and a closed keeper leaves none behind. And a job whose coordinator never starts does not
-wait for its deadline.
+wait for its deadline, while a long job whose coordinator runs is not cut short.
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ from .conftest import RAY_TEST_KWARGS, SPEC_POPS, origin_gets, request_body, ser
 from .test_service import assert_warm
 
 COORDINATOR = "prewarm-coordinator-"
+SILENCE_S = 4.0
 
 
 @pytest.fixture(scope="module")
 def served(cdn: Testbed) -> Iterator[tuple[PrewarmClient, Settings]]:
     from prewarm.service import stop_service
 
-    settings = service_settings(cdn)
+    # A short silence limit: jobs here must keep their coordinator's heartbeat through long quiet phases.
+    settings = service_settings(cdn, PREWARM_COORDINATOR_SILENCE_TIMEOUT=str(SILENCE_S), PREWARM_FETCH_TIMEOUT="10")
     base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
         yield PrewarmClient(base), settings
@@ -140,7 +142,7 @@ def test_a_job_whose_coordinator_never_starts_fails_with_a_reason(served: tuple[
     """A coordinator Ray cannot place keeps its name, so it looks alive; the job still ends, well before its
     deadline, and the pending actor is removed."""
     _, service = served
-    settings = dataclasses.replace(service, namespace=f"{service.namespace}-unstarted", coordinator_start_s=3.0,
+    settings = dataclasses.replace(service, namespace=f"{service.namespace}-unstarted", coordinator_silence_s=3.0,
                                    persist=False)
     state = get_state_actor(settings)
     req_id = str(uuid.uuid4())
@@ -154,7 +156,24 @@ def test_a_job_whose_coordinator_never_starts_fails_with_a_reason(served: tuple[
     progress = wait_for("the job to end",
                         lambda: (p := ray.get(state.progress.remote(req_id)))["status"] != "IN_PROGRESS" and p, 30)
     assert progress["status"] == "FAILED" and progress["success_count"] == 0
-    assert progress["error_message"] == "the job's coordinator did not start within 3 s"
+    assert progress["error_message"] == ("the job's coordinator did not run for 3 s (it never started, or it is "
+                                         "stuck restarting)")
     assert time.monotonic() - started < 20  # not the job's 10-minute deadline
     wait_for("the pending coordinator removed", lambda: not named(settings.namespace, coordinator_name(req_id)), 30)
     ray.kill(state, no_restart=True)
+
+
+def test_a_job_longer_than_the_silence_limit_is_kept_by_its_heartbeat(served: tuple[PrewarmClient, Settings],
+                                                                       cdn: Testbed) -> None:
+    """Probe and fetches each take 6 s, longer than the 4 s silence limit, with no result recorded between:
+    only the coordinator's heartbeat shows the job is driven."""
+    client, _ = served
+    cdn.reset()
+    paths = [f"/fault/delay/6000/obj/1kb/heartbeat-{i}" for i in range(2)]
+    urls = [cdn.url(p) for p in paths]
+    req_id = client.prewarm(request_body(urls, timeout=2))["request_id"]
+    progress = wait_for("the job to end", lambda: (p := client.progress(req_id))["status"] != "IN_PROGRESS" and p, 90)
+    assert progress["status"] == "FINISHED", progress
+    assert progress["success_count"] == progress["total_count"] == 6
+    assert origin_gets(cdn) == {(p, pop): 1 for p in paths for pop in SPEC_POPS}
+    assert_warm(cdn, urls, SPEC_POPS)

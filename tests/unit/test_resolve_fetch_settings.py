@@ -50,6 +50,6 @@ def test_settings_from_env() -> None:
     assert s.ca_bundle == "/x" and s.allow_private_edges and s.max_urls == 10
     assert not Settings.from_env({}).allow_private_edges
     assert Settings.from_env({}).standby and not Settings.from_env({"PREWARM_STANDBY": "0"}).standby
-    assert Settings.from_env({"PREWARM_COORDINATOR_START_TIMEOUT": "12.5"}).coordinator_start_s == 12.5
+    assert Settings.from_env({"PREWARM_COORDINATOR_SILENCE_TIMEOUT": "12.5"}).coordinator_silence_s == 12.5
     with pytest.raises(ValueError, match="PREWARM_MAX_URLS"):
         Settings.from_env({"PREWARM_MAX_URLS": "many"})

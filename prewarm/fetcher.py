@@ -112,12 +112,17 @@ class Fetcher:
         self._pacer.set_rate(rps, phase)
         client = self._client(pop, addresses, limit)
         pace = self._pace()
+        queue = deque(items)
+        rows: list[ProbeRow] = []
 
-        async def one(index: int, url: str) -> ProbeRow:
-            r = await client.fetch(url, "HEAD", deadline, pace=pace)
-            return (index, r.status, r.content_length, r.error_class, r.error_message)
+        async def worker() -> None:  # as in fetch_batch: a few workers, not a task per URL
+            while queue:
+                index, url = queue.popleft()
+                r = await client.fetch(url, "HEAD", deadline, pace=pace)
+                rows.append((index, r.status, r.content_length, r.error_class, r.error_message))
 
-        return list(await asyncio.gather(*(one(i, u) for i, u in items)))
+        await asyncio.gather(*(worker() for _ in range(min(len(items), client.concurrency))))
+        return rows
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)

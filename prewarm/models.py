@@ -10,6 +10,7 @@ import ipaddress
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -91,8 +92,12 @@ def url_problem(url: str, max_length: int = HARD_MAX_URL_LENGTH) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def valid_host(host: str) -> bool:
-    """An IP address or a DNS host name (labels of letters, digits, ``-`` and ``_``)."""
+    """An IP address or a DNS host name (labels of letters, digits, ``-`` and ``_``).
+
+    Cached: a job's URLs share a few hosts, and a failed ``ip_address`` (an exception) for each of
+    thousands of URLs was most of the cost of validating a request."""
     try:
         ipaddress.ip_address(host)
         return True

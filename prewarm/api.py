@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 
 from prewarm import __version__
 from prewarm.cluster import ON_HEAD, node_counts
-from prewarm.coordinator import kill_coordinator, start_job
+from prewarm.coordinator import start_job
 from prewarm.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
 from prewarm.models import (
     ErrorResponse,
@@ -38,7 +38,7 @@ from prewarm.models import (
     request_error,
     utcnow,
 )
-from prewarm.registry import get_state_actor
+from prewarm.registry import get_state_actor, kill_coordinator
 from prewarm.resolve import Resolver, find_distribution
 from prewarm.settings import Settings
 from prewarm.standby import Standby

@@ -390,12 +390,3 @@ def start_job(req_id: str, request: PrewarmRequest, cf_domain: str, deadline: fl
     wait for the job."""
     coordinator = coordinator or create_coordinator(req_id, settings)
     coordinator.run.remote(request, cf_domain, deadline)
-
-
-def kill_coordinator(req_id: str, namespace: str) -> bool:
-    """Kill a job's coordinator (and with it its fetchers); False if it was already gone."""
-    try:
-        ray.kill(ray.get_actor(coordinator_name(req_id), namespace=namespace))
-        return True
-    except ValueError:
-        return False

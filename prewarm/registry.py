@@ -50,5 +50,14 @@ def coordinator_alive(req_id: str, namespace: str) -> bool:
     return True
 
 
+def kill_coordinator(req_id: str, namespace: str) -> bool:
+    """Kill a job's coordinator for good (its fetchers die with it); False if it was already gone."""
+    try:
+        ray.kill(ray.get_actor(coordinator_name(req_id), namespace=namespace), no_restart=True)
+        return True
+    except ValueError:
+        return False
+
+
 def coordinator_name(req_id: str) -> str:
     return f"prewarm-coordinator-{req_id}"

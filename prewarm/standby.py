@@ -88,9 +88,7 @@ class Standby:
         state = get_state_actor(self._settings)
         until = time.monotonic() + START_WITHIN_S
         while not self._closed and time.monotonic() < until:
-            taken = self._taken  # asked first: once it is known, a count of 0 includes it
-            known = taken is None or ray.get(state.exists.remote(taken), timeout=10)
-            if known and ray.get(state.running_jobs.remote(), timeout=10) == 0:
+            if ray.get(state.quiet.remote(self._taken), timeout=10):
                 return
             time.sleep(0.5)
 

@@ -7,7 +7,6 @@ results in batches; the API reads progress and summaries from here, so those sta
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -26,7 +25,7 @@ from prewarm.cloudfront import CloudFrontError, make_clients, report_url, upload
 from prewarm.cluster import combined_ask, request_fetcher_nodes
 from prewarm.models import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
 from prewarm.progress import ResultRow, TaskTable, counts, percentage
-from prewarm.registry import coordinator_alive, coordinator_name
+from prewarm.registry import coordinator_alive, kill_coordinator
 from prewarm.report import cold_pairs, pop_table, report_csv, results_frame
 from prewarm.settings import Settings
 from prewarm.store import Store
@@ -207,7 +206,7 @@ class State:
             return True
         if job.phase != "queued":
             return True
-        active = sum(1 for j in self.jobs.values() if not j.final and j.phase != "queued")
+        active = sum(1 for j in self._running() if j.phase != "queued")
         if active >= self.max_active_jobs:
             return False
         job.phase = "resolving"
@@ -405,8 +404,7 @@ class State:
             # sends nothing: do not wait for the job's deadline.
             self.finish(req_id, "FAILED", f"the job's coordinator did not run for "
                         f"{self.settings.coordinator_silence_s:g} s (it never started, or it is stuck restarting)")
-            with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(coordinator_name(req_id), namespace=self.namespace), no_restart=True)
+            kill_coordinator(req_id, self.namespace)
         elif now - job.last_update > STALE_AFTER and now - job.last_liveness_check > STALE_AFTER:
             # Quiet for a while: make sure somebody still drives it, so none stays IN_PROGRESS forever.
             job.last_liveness_check = now
@@ -416,6 +414,13 @@ class State:
 
     def exists(self, req_id: str) -> bool:
         return req_id in self.jobs
+
+    def _running(self) -> list[Job]:
+        """The jobs that have not ended, after the watchdog of ``_get`` has looked at each: a job nobody
+        polls must not hold an admission slot (or keep the API's standby waiting) once its coordinator is gone."""
+        for job in [j for j in list(self.jobs.values()) if not j.final]:
+            self._get(job.req_id)
+        return [job for job in list(self.jobs.values()) if not job.final]
 
     def progress(self, req_id: str) -> dict[str, Any] | None:
         job = self._get(req_id)
@@ -511,14 +516,14 @@ class State:
         """
         from prewarm.events import select_jobs  # local: this method is the only user
 
-        for job in [j for j in self.jobs.values() if not j.final]:
-            self._get(job.req_id)
+        self._running()
         chosen = select_jobs(list(self.jobs.values()), status, limit, since)
         return [p for job in chosen if (p := self.progress(job.req_id))]
 
-    def running_jobs(self) -> int:
-        """How many jobs have not ended: the API starts its next standby while none runs."""
-        return sum(1 for j in self.jobs.values() if not j.final)
+    def quiet(self, handed_out: str | None) -> bool:
+        """Whether no job runs, counting the request id the API handed out last (``handed_out``) only once it
+        is registered: the API starts its next standby then, so that its start-up takes no CPU from a job."""
+        return (handed_out is None or handed_out in self.jobs) and not self._running()
 
     def pid(self) -> int:
         return os.getpid()

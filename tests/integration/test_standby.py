@@ -3,7 +3,8 @@
 A job takes the standby's request id, coordinator and fetchers, and no process is started for it; the
 next standby starts only once the job has ended; a standby nobody takes leaves with its fetchers; a stale
 one is replaced and a closed keeper leaves none behind. And a job whose coordinator never starts does not
-wait for its deadline, while a long job whose coordinator runs is not cut short.
+wait for its deadline, nor hold an admission slot when nobody polls it, while a long job whose coordinator
+runs is not cut short.
 """
 
 from __future__ import annotations
@@ -160,6 +161,31 @@ def test_a_job_whose_coordinator_never_starts_fails_with_a_reason(served: tuple[
                                          "stuck restarting)")
     assert time.monotonic() - started < 20  # not the job's 10-minute deadline
     wait_for("the pending coordinator removed", lambda: not named(settings.namespace, coordinator_name(req_id)), 30)
+    ray.kill(state, no_restart=True)
+
+
+def test_a_silent_job_nobody_polls_does_not_hold_its_admission_slot(served: tuple[PrewarmClient, Settings]) -> None:
+    """One job may fetch at a time. The running one has no coordinator (it fell silent) and nobody reads its
+    progress: the queued job's own admission requests must close it and take the slot."""
+    _, service = served
+    settings = dataclasses.replace(service, namespace=f"{service.namespace}-slot", coordinator_silence_s=3.0,
+                                   max_active_jobs=1, persist=False)
+    state = get_state_actor(settings)
+    silent, queued = str(uuid.uuid4()), str(uuid.uuid4())
+    now, later = utcnow(), utcnow() + timedelta(minutes=10)
+    request = request_body(["https://www.example.com/obj/1kb/slot"], timeout=10)
+    for req_id in (silent, queued):
+        ray.get(state.create_job.remote(req_id, request, SPEC_POPS, "www.example.com", now, later))
+    assert ray.get(state.admit.remote(silent)) is True  # it runs, then its coordinator says nothing more
+    assert ray.get(state.admit.remote(queued)) is False
+    assert ray.get(state.quiet.remote(queued)) is False
+    started = time.monotonic()
+    wait_for("the queued job admitted", lambda: ray.get(state.admit.remote(queued)), 30)  # as its coordinator asks
+    assert time.monotonic() - started < 20
+    progress = ray.get(state.progress.remote(silent))
+    assert progress["status"] == "FAILED" and progress["success_count"] == 0, progress
+    ray.get(state.finish.remote(queued, "STOPPED", "test over"))
+    assert ray.get(state.quiet.remote(queued)) is True  # nothing runs: the API may start its next standby
     ray.kill(state, no_restart=True)
 
 

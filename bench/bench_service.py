@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import http.server
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,16 +38,11 @@ from prewarm.client import PrewarmClient
 from prewarm.models import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
+from prewarm.testbed.net import free_port
 from prewarm.webhook import SIGNATURE_HEADER, verify_signature
 
 POPS = ["IAD89-P1", "SFO5-P1", "FRA56-P4", "NRT51-P2", "SIN2-P1", "LHR61-P3", "DFW56-P1", "CDG50-P1",
         "SYD1-C1", "GRU1-C2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class WebhookInbox:

@@ -57,18 +57,34 @@ def can_bind(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
     return True
 
 
-def free_port(host: str, udp_too: bool = False, prefer: int | None = None) -> int:
-    """A port free on ``host`` (TCP, and UDP when asked), trying ``prefer`` first."""
+LOWEST_PORT = 20_000
+"""Above Ray's default worker port range (10002-19999): ``ray start`` refuses a component port inside it."""
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (and of ``bind(port 0)``)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1", udp_too: bool = False, prefer: int | None = None) -> int:
+    """A port free on ``host`` (TCP, and UDP when asked), trying ``prefer`` first, for a listener that another
+    process binds a moment later.
+
+    Chosen below the kernel's ephemeral range: a port from ``bind(port 0)`` is free only until the kernel
+    gives it to some outgoing connection, and Ray's start-up opens many (a Ray agent once failed to bind its
+    metrics port this way, and the node never started)."""
     def usable(port: int) -> bool:
         return can_bind(host, port) and (not udp_too or can_bind(host, port, socket.SOCK_DGRAM))
 
     if prefer is not None and usable(prefer):
         return prefer
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if not udp_too or can_bind(host, port, socket.SOCK_DGRAM):
+    low, high = ephemeral_ports()
+    below = range(LOWEST_PORT, low) if low > LOWEST_PORT + 1000 else range(max(high + 1, LOWEST_PORT), 65536)
+    for port in random.sample(below, min(200, len(below))):
+        if usable(port):
             return port
     raise TestbedError(f"no free port on {host}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 import uuid
@@ -16,6 +15,7 @@ from prewarm.client import PrewarmClient
 from prewarm.models import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
+from prewarm.testbed.net import free_port
 
 SPEC_POPS = ["ATL56-C1", "SIN2-C1", "DFW55-C3"]
 
@@ -24,12 +24,6 @@ RAY_TEST_KWARGS: dict[str, Any] = {
     "object_store_memory": 100 * 1024 * 1024,
     "include_dashboard": False,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_settings(testbed: Testbed, **extra: str) -> Settings:

@@ -141,7 +141,8 @@ def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
 
 def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_per_node: int = 0,
             repeat: int = 1, verify: bool = False, timeline: bool = False,
-            pause_s: float = 5.0, standby: bool = True, poll_s: float | None = None) -> tuple[float, float, int]:
+            pause_s: float = 5.0, standby: bool = True, poll_s: float | None = None,
+            extra_env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """Run the job once to fill the caches, then ``repeat`` timed runs on a fresh service; the best
     (e2e s, warming s, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU);
     ``timeline`` prints when each timed job changed phase. Each timed job starts after ``pause_s`` of rest, as
@@ -152,7 +153,7 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
     env = {**tb.env(), "PREWARM_MAX_URLS": str(max(n_urls, 100_000)), "PREWARM_PERSIST": "1" if persist else "0",
            "PREWARM_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-"),
            "PREWARM_FETCHERS_PER_NODE": str(fetchers_per_node), "PREWARM_STANDBY": "1" if standby else "0",
-           "PREWARM_WEBHOOK_SECRET": WebhookInbox.SECRET}
+           "PREWARM_WEBHOOK_SECRET": WebhookInbox.SECRET, **(extra_env or {})}
     base = start_service(Settings.from_env(env), port=free_port(),
                          ray_init_kwargs={"num_cpus": 2, "include_dashboard": False})
     inbox = WebhookInbox() if poll_s is None else None
@@ -196,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="end a timed job at the first progress poll (this often) seeing it final, not its webhook")
     ap.add_argument("--compare-standby", action="store_true",
                     help="also time the job with PREWARM_STANDBY=0 (every job starts its own processes)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a service setting for every measured job (repeatable), e.g. PREWARM_BATCH_SIZE=1024")
     args = ap.parse_args(argv)
     pops = POPS[: args.pops]
+    extra_env = dict(item.split("=", 1) for item in args.env)
 
     with Testbed(pops=pops) as tb:
         elapsed, warming, tasks = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
                                           fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
-                                          timeline=args.timeline)
+                                          timeline=args.timeline, extra_env=extra_env)
         service_rps, warming_rps = tasks / elapsed, tasks / warming
         ended_by = f"a poll every {args.poll_s:g} s" if args.poll_s else "its webhook"
         print(f"service: {tasks} tasks ({args.urls} URLs x {len(pops)} POPs, cached 1 KiB, http) in {elapsed:.2f} s "
@@ -210,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{warming_rps:.0f}/s", flush=True)
         if args.compare_persistence:
             m_elapsed, m_warming, _ = measure(tb, pops, args.urls, persist=False, poll_s=args.poll_s,
-                                              fetchers_per_node=args.fetchers_per_node, repeat=args.repeat)
+                                              fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
+                                              extra_env=extra_env)
             print(f"without persistence (PREWARM_PERSIST=0): {tasks / m_elapsed:.0f} fetches/s end to end, "
                   f"warming {tasks / m_warming:.0f}/s; persistence costs "
                   f"{(1 - service_rps / (tasks / m_elapsed)) * 100:.1f}% end to end, "
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare_verify:
             v_elapsed, v_warming, _ = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
                                               fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
+                                              extra_env=extra_env,
                                               verify=True)
             print(f"with verify: true: {tasks / v_elapsed:.0f} pairs/s end to end, warming {tasks / v_warming:.0f} "
                   f"pairs/s; verification costs {(1 - (tasks / v_elapsed) / service_rps) * 100:.1f}% end to end, "
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare_standby:
             c_elapsed, c_warming, _ = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
                                               fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
+                                              extra_env=extra_env,
                                               timeline=args.timeline, standby=False)
             print(f"without standby (PREWARM_STANDBY=0): {c_elapsed:.2f} s = {tasks / c_elapsed:.0f} fetches/s end to "
                   f"end, warming {c_warming:.2f} s = {tasks / c_warming:.0f}/s; the standby saves "

@@ -26,8 +26,8 @@ from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
 from prewarm.pacing import share_of
-from prewarm.plan import Lane, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
-from prewarm.progress import ResultRow, result_row
+from prewarm.plan import Lane, even_chunk_size, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
+from prewarm.progress import ResultRow, one_piece, result_row
 from prewarm.registry import coordinator_name, get_state_actor
 from prewarm.resolve import Resolver
 from prewarm.settings import Settings
@@ -260,8 +260,9 @@ class Coordinator:
     async def _probe(self, pop: str, addresses: list[str], n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
         """HEAD every URL through one POP: sizes for ``total_size``; 4xx URLs are failed on every column."""
         urls = self.request.url_list
-        size = self.settings.batch_size
-        chunks = [[(i, urls[i]) for i in range(s, min(s + size, len(urls)))] for s in range(0, len(urls), size)]
+        size = even_chunk_size(len(urls), self.settings.batch_size, len(self.fetchers))
+        chunks = [one_piece([(i, urls[i]) for i in range(s, min(s + size, len(urls)))])
+                  for s in range(0, len(urls), size)]
         cap = self.request.max_concurrency or self.settings.max_concurrency
         limit = max(1, cap // len(self.fetchers))  # every fetcher probes through this one POP
         rps = share_of(self.request.max_rps, len(self.fetchers))
@@ -338,7 +339,7 @@ class Coordinator:
             while pending or inflight:
                 while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
                     batch = pending.popleft()
-                    tasks = [(t, urls[t // n_cols]) for t in batch]
+                    tasks = one_piece([(t, urls[t // n_cols]) for t in batch])
                     self.busy[lane.lane_id] = owner
                     ref = self.fetchers[owner].fetch_batch.remote(
                         pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share(),

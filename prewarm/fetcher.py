@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 import ray
 
 from prewarm.fetch import PopClient
 from prewarm.metrics import record_batch
 from prewarm.pacing import Pacer
-from prewarm.progress import NO_X_CACHE, ResultRow, is_hit
+from prewarm.progress import NO_X_CACHE, ResultRow, is_hit, one_piece
 from prewarm.registry import get_state_actor
 from prewarm.settings import Settings
 
@@ -33,7 +33,7 @@ class Fetcher:
         self._variant_headers: list[dict[str, str]] = [{}]
         self._verify = False
         self._until_hit = 0
-        self._clients: dict[tuple[str, int, int], PopClient] = {}
+        self._clients: dict[tuple[str, int, int], tuple[PopClient, WorkerPool]] = {}
         self._pacer = Pacer()
         self._state = get_state_actor(settings)
 
@@ -53,17 +53,18 @@ class Fetcher:
     def pid(self) -> int:
         return os.getpid()
 
-    def _client(self, pop: str, addresses: list[str], limit: int, variant: int = 0) -> PopClient:
-        """The pool for a (POP, variant) at a concurrency cap (the probe and the warm-up may use different caps)."""
+    def _client(self, pop: str, addresses: list[str], limit: int, variant: int = 0) -> tuple[PopClient, WorkerPool]:
+        """The connections and workers for a (POP, variant) at a concurrency cap (the probe and the warm-up may
+        use different caps)."""
         key = (pop, variant, limit)
-        client = self._clients.get(key)
-        if client is None or client.addresses != addresses:
+        held = self._clients.get(key)
+        if held is None or held[0].addresses != addresses:
             client = PopClient(pop, addresses, self._settings, self._variant_headers[variant], limit)
-            self._clients[key] = client
-        return client
+            held = self._clients[key] = (client, WorkerPool(client.concurrency))
+        return held
 
     async def fetch_batch(
-        self, pop: str, addresses: list[str], tasks: list[tuple[int, str]], deadline: float, limit: int,
+        self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
         variant: int = 0, rps: float | None = None, phase: float = 0.0,
     ) -> int:
         """Fetch every task of the batch, hand the results to the state actor, return how many.
@@ -72,9 +73,9 @@ class Fetcher:
         the job's request-rate cap (None: no cap) and ``phase`` its place among the job's fetchers.
         """
         self._pacer.set_rate(rps, phase)
-        client = self._client(pop, addresses, limit, variant)
-        rows = await each(tasks, client.concurrency, lambda task_id, url: self._warm(client, task_id, url, deadline))
-        await self._state.record.remote(self._req_id, rows)
+        client, workers = self._client(pop, addresses, limit, variant)
+        rows = await workers.run(tasks, lambda task_id, url: self._warm(client, task_id, url, deadline))
+        await self._state.record.remote(self._req_id, one_piece(rows))
         record_batch(pop, rows)
         return len(rows)
 
@@ -100,39 +101,88 @@ class Fetcher:
                 r.error_class, r.error_message, verify_x_cache, age, rounds)
 
     async def probe_batch(
-        self, pop: str, addresses: list[str], items: list[tuple[int, str]], deadline: float, limit: int,
+        self, pop: str, addresses: list[str], items: Sequence[tuple[int, str]], deadline: float, limit: int,
         rps: float | None = None, phase: float = 0.0,
-    ) -> list[ProbeRow]:
+    ) -> tuple[ProbeRow, ...]:
         """HEAD each URL through one POP: its size, or the 4xx that spares sending it to every POP."""
         self._pacer.set_rate(rps, phase)
-        client = self._client(pop, addresses, limit)
+        client, workers = self._client(pop, addresses, limit)
         pace = self._pace()
 
         async def one(index: int, url: str) -> ProbeRow:
             r = await client.fetch(url, "HEAD", deadline, pace=pace)
             return (index, r.status, r.content_length, r.error_class, r.error_message)
 
-        return await each(items, client.concurrency, one)
+        return one_piece(await workers.run(items, one))
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
+        await asyncio.gather(*(client.close() for client, _ in self._clients.values()), return_exceptions=True)
 
 
-async def each(items: list[tuple[int, str]], concurrency: int,
-               one: Callable[[int, str], Awaitable[Row]]) -> list[Row]:
-    """``one`` over every (id, URL), ``concurrency`` at a time, results in the order they finish.
+class WorkerPool(Generic[Row]):
+    """At most ``concurrency`` worker coroutines draining one queue, fed by every batch of one pool.
 
-    A few long-lived workers draining one queue: a task per URL cost measurably more CPU per fetch.
+    A lane keeps a few batches in flight to the same POP pool. With a set of workers per batch they queued on
+    the pool's semaphore (twice the cap of coroutines for the cap's slots) and each batch drained to no work
+    at its end; both cost CPU per fetch. Here the next batch's items start as soon as a worker is free. Each
+    batch still ends on its own: ``run`` returns that batch's rows, in the order they finished.
     """
-    queue = deque(items)
-    rows: list[Row] = []
 
-    async def worker() -> None:
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = max(1, concurrency)
+        self._queue: deque[tuple[_Batch[Row], int, str]] = deque()
+        self._workers: set[asyncio.Task[None]] = set()  # held so that running workers are not collected
+        self._active = 0  # workers still draining: counted when they stop, before their task is done
+
+    async def run(self, items: Sequence[tuple[int, str]], one: Callable[[int, str], Awaitable[Row]]) -> list[Row]:
+        """``one`` over every (id, URL) of a batch; if one raises, the batch raises and its other items are
+        dropped (as is every item not yet started of a batch whose caller was cancelled)."""
+        if not items:
+            return []
+        batch: _Batch[Row] = _Batch(one, len(items), asyncio.get_running_loop().create_future())
+        self._queue.extend((batch, task_id, url) for task_id, url in items)
+        for _ in range(min(self.concurrency - self._active, len(items))):
+            self._active += 1
+            worker = asyncio.ensure_future(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+        return await batch.done
+
+    async def _work(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._active -= 1
+
+    async def _drain(self) -> None:
+        queue = self._queue
         while queue:
-            rows.append(await one(*queue.popleft()))
+            batch, task_id, url = queue.popleft()
+            if batch.done.done():
+                continue
+            try:
+                row = await batch.one(task_id, url)
+            except Exception as exc:
+                if not batch.done.done():
+                    batch.done.set_exception(exc)
+                continue
+            except BaseException:  # this worker is cancelled: its batch cannot complete
+                if not batch.done.done():
+                    batch.done.cancel()
+                raise
+            batch.rows.append(row)
+            if len(batch.rows) == batch.size and not batch.done.done():
+                batch.done.set_result(batch.rows)
 
-    await asyncio.gather(*(worker() for _ in range(min(len(items), concurrency))))
-    return rows
+
+class _Batch(Generic[Row]):
+    __slots__ = ("done", "one", "rows", "size")
+
+    def __init__(self, one: Callable[[int, str], Awaitable[Row]], size: int, done: asyncio.Future[list[Row]]) -> None:
+        self.one = one
+        self.size = size
+        self.done = done
+        self.rows: list[Row] = []
 
 
 # num_cpus=0: a fetcher waits on the network; placement, not CPU accounting, decides where it runs.

@@ -56,6 +56,15 @@ def lane_batches(lane: Lane, n_cols: int, batch_size: int) -> Iterator[list[int]
         yield ids[start : start + batch_size]
 
 
+def even_chunk_size(n_items: int, batch_size: int, n_fetchers: int) -> int:
+    """A chunk size of at most ``batch_size`` that gives every fetcher the same number of chunks (the size
+    probe spreads its chunks round-robin: 5,000 URLs in chunks of 1,024 would give two fetchers 3 and 2)."""
+    fetchers = max(1, n_fetchers)
+    chunks = math.ceil(max(1, n_items) / max(1, batch_size))
+    chunks = math.ceil(chunks / fetchers) * fetchers
+    return max(1, math.ceil(n_items / chunks))
+
+
 def interleave_by_node(fetchers_by_node: Sequence[Sequence[object]]) -> list[object]:
     """Order fetchers so that consecutive owners sit on different nodes (POPs spread over nodes)."""
     out: list[object] = []

@@ -41,7 +41,7 @@ class Settings:
     backoff_base_s: float = 0.2
     retry_after_cap_s: float = 30.0
     max_concurrency: int = 32
-    batch_size: int = 256
+    batch_size: int = 1024
     fetchers_per_node: int = 0  # 0: the node's CPU count
     max_active_jobs: int = 4
     standby: bool = True  # keep the next job's coordinator and fetchers started (prewarm/standby.py)

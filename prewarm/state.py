@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -225,7 +225,7 @@ class State:
 
     @writes
     def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], url_sizes: np.ndarray,
-                 probe_failures: list[ResultRow] | None = None) -> None:
+                 probe_failures: Sequence[ResultRow] | None = None) -> None:
         """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only.
 
         ``url_sizes`` holds each URL's size (0 when unknown); ``total_size`` counts it once per task the
@@ -271,7 +271,7 @@ class State:
         return {"final": False, "pops": list(job.table.pops), "pending": pending, "done": job.table.done_count}
 
     @writes
-    def record(self, req_id: str, rows: list[ResultRow]) -> int:
+    def record(self, req_id: str, rows: Sequence[ResultRow]) -> int:
         """Results of one batch; ignored once the job is final (a late batch after a timeout)."""
         job = self.jobs.get(req_id)
         if job is None or job.final or job.table is None:

@@ -4,9 +4,22 @@ from collections import Counter
 import pandas as pd
 
 from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask, fetcher_nodes_exist
-from prewarm.plan import interleave_by_node, lane_batches, plan_lanes
+from prewarm.plan import even_chunk_size, interleave_by_node, lane_batches, plan_lanes
 from prewarm.progress import TaskTable, counts, percentage, result_row
 from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
+
+
+def test_probe_chunks_are_at_most_the_batch_size_and_even_over_fetchers() -> None:
+    for n_items, batch, fetchers in [(5000, 1024, 2), (5000, 256, 2), (10, 1024, 3), (1, 1024, 4), (7, 2, 2),
+                                     (1_000_000, 1024, 6), (0, 1024, 2)]:
+        size = even_chunk_size(n_items, batch, fetchers)
+        chunks = [min(size, n_items - s) for s in range(0, n_items, size)]
+        per_fetcher = [sum(chunks[f::fetchers]) for f in range(fetchers)]
+        assert 1 <= size <= batch and sum(chunks) == n_items
+        assert max(per_fetcher) - min(per_fetcher) <= size, (n_items, batch, fetchers, per_fetcher)
+        if n_items >= batch * fetchers:  # enough work for every fetcher: all get the same number of chunks
+            assert len(chunks) % fetchers == 0, (n_items, batch, fetchers, len(chunks))
+    assert even_chunk_size(5000, 1024, 2) == 834  # 6 chunks, 3 per fetcher (not 5 of 1,024: 3 and 2)
 
 
 def test_lanes_cover_every_task_once() -> None:

@@ -26,10 +26,18 @@ from prewarm.fetcher import FetcherActor
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
 from prewarm.pacing import share_of
-from prewarm.plan import Lane, even_chunk_size, interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes
+from prewarm.plan import (
+    Lane,
+    ProbeChunk,
+    interleave_by_node,
+    lane_batches,
+    per_fetcher_limits,
+    plan_lanes,
+    probe_plan,
+)
 from prewarm.progress import ResultRow, one_piece, result_row
 from prewarm.registry import coordinator_name, get_state_actor
-from prewarm.resolve import Resolver
+from prewarm.resolve import PopAddresses, Resolver
 from prewarm.settings import Settings
 
 log = logging.getLogger("prewarm.coordinator")
@@ -147,7 +155,7 @@ class Coordinator:
                 await self._invalidate()
             await self.state.set_phase.remote(self.req_id, "probing")
             n_cols = len(pops) * self.n_variants
-            sizes, probe_rows = await self._probe(pops[0].pop, pops[0].addresses, n_cols)
+            sizes, probe_rows = await self._probe(pops, n_cols)
             url_sizes = np.zeros(len(req.url_list), dtype=np.int64)
             url_sizes[list(sizes)] = list(sizes.values())
             await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures, url_sizes, probe_rows)
@@ -257,44 +265,48 @@ class Coordinator:
         self.fetchers = started
         await self.state.set_nodes.remote(self.req_id, node_ids)
 
-    async def _probe(self, pop: str, addresses: list[str], n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
-        """HEAD every URL through one POP: sizes for ``total_size``; 4xx URLs are failed on every column."""
+    async def _probe(self, pops: list[PopAddresses], n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
+        """HEAD every URL once, URL ``i`` through POP ``i mod len(pops)``: sizes for ``total_size``; a URL whose
+        probe answered a 4xx is failed on every column instead of being sent to every POP."""
         urls = self.request.url_list
-        size = even_chunk_size(len(urls), self.settings.batch_size, len(self.fetchers))
-        chunks = [one_piece([(i, urls[i]) for i in range(s, min(s + size, len(urls)))])
-                  for s in range(0, len(urls), size)]
-        cap = self.request.max_concurrency or self.settings.max_concurrency
-        limit = max(1, cap // len(self.fetchers))  # every fetcher probes through this one POP
+        plan = probe_plan(len(urls), len(pops), len(self.fetchers), self.settings.batch_size,
+                          self.request.max_concurrency or self.settings.max_concurrency)
         rps = share_of(self.request.max_rps, len(self.fetchers))
-        results = await self._spread(
-            lambda owner, chunk: self.fetchers[owner].probe_batch.remote(
-                pop, addresses, chunk, self.deadline, limit, rps, self._phase(owner)),
-            chunks,
-        )
+
+        def call(owner: int, chunk: ProbeChunk) -> Any:
+            pop = pops[chunk.pop]
+            return self.fetchers[owner].probe_batch.remote(
+                pop.pop, pop.addresses, one_piece([(i, urls[i]) for i in chunk.url_indices]), self.deadline,
+                chunk.limit, rps, self._phase(owner))
+
+        results = await self._spread(call, [(chunk.owner, chunk) for chunk in plan])
         sizes: dict[int, int] = {}
         rows: list[ResultRow] = []
-        for index, status, length, error_class, message in (r for batch in results for r in batch):
-            if 400 <= status < 500 and status != 429:
-                note = f"size probe through {pop} answered {message or status}; not sent to the POPs"
-                rows.extend(
-                    result_row(index * n_cols + c, status, error_class=f"http_{status}", message=note)
-                    for c in range(n_cols)
-                )
-            elif not error_class and length is not None:
-                sizes[index] = length
+        for chunk, batch in zip(plan, results, strict=True):
+            through = pops[chunk.pop].pop
+            for index, status, length, error_class, message in batch:
+                if 400 <= status < 500 and status != 429:
+                    note = f"size probe through {through} answered {message or status}; not sent to the POPs"
+                    rows.extend(
+                        result_row(index * n_cols + c, status, error_class=f"http_{status}", message=note)
+                        for c in range(n_cols)
+                    )
+                elif not error_class and length is not None:
+                    sizes[index] = length
         return sizes, rows
 
-    async def _spread(self, call: Any, chunks: list[Any]) -> list[Any]:
-        """Run chunks over the live fetchers round-robin, moving a chunk on if its fetcher dies."""
-        async def run(i: int, chunk: Any) -> Any:
+    async def _spread(self, call: Any, work: list[tuple[int, Any]]) -> list[Any]:
+        """Run each (preferred fetcher, chunk), moving a chunk on to a survivor if its fetcher dies; results in
+        the order of ``work``."""
+        async def run(preferred: int, chunk: Any) -> Any:
             while True:
-                owner = self._alive_owner(i)
+                owner = self._alive_owner(preferred)
                 try:
                     return await call(owner, chunk)
                 except RayActorError:
                     self._mark_dead(owner)
 
-        return list(await asyncio.gather(*(run(i, c) for i, c in enumerate(chunks))))
+        return list(await asyncio.gather(*(run(owner, chunk) for owner, chunk in work)))
 
     def _alive_owner(self, preferred: int) -> int:
         alive = [i for i in range(len(self.fetchers)) if i not in self.dead]

@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from prewarm.settings import Settings
-from prewarm.wire import Pool, Target, WireError, build_head, exchange, header_block
+from prewarm.wire import Pool, Target, WireError, build_head, exchange, header_block, target_of
 
 DEFAULT_HEADERS = {"Accept-Encoding": "gzip, deflate, br", "User-Agent": "cdn-prewarm/0.1"}
 RETRYABLE_CLASSES = frozenset({"connection", "fetch_timeout", "truncated"})
@@ -159,7 +159,7 @@ class PopClient:
         """
         start = time.monotonic()
         try:
-            target = Target(url)
+            target = target_of(url)
         except ValueError as exc:
             result = _failed(FetchResult(attempts=1), "connection", f"ValueError: {exc}")
             result.elapsed_ms = (time.monotonic() - start) * 1000

@@ -65,6 +65,38 @@ def even_chunk_size(n_items: int, batch_size: int, n_fetchers: int) -> int:
     return max(1, math.ceil(n_items / chunks))
 
 
+@dataclass(frozen=True)
+class ProbeChunk:
+    """URLs whose size probe goes through one POP on one fetcher, at that fetcher's share of the POP's cap."""
+
+    pop: int
+    owner: int
+    limit: int
+    url_indices: range
+
+
+def probe_plan(n_urls: int, n_pops: int, n_fetchers: int, batch_size: int, max_concurrency: int) -> list[ProbeChunk]:
+    """The size probe's chunks: URL ``i`` goes through POP ``i mod n_pops``, each POP's URLs in chunks of at most
+    ``batch_size``, spread over the fetchers as the lanes will be (a POP's chunks on one fetcher when there are
+    at least as many POPs as fetchers), each at its fetcher's share of the POP's ``max_concurrency``.
+
+    Through every POP at once, the probe gets every POP's cap: through one POP it waited on that POP's
+    round trips alone, at a single POP's concurrency, before anything was warmed.
+    """
+    fetchers = max(1, n_fetchers)
+    chunks: list[ProbeChunk] = []
+    for pop in range(n_pops):
+        indices = range(pop, n_urls, n_pops)
+        if not indices:
+            continue
+        size = even_chunk_size(len(indices), batch_size, max(1, fetchers // n_pops))
+        parts = [indices[s : s + size] for s in range(0, len(indices), size)]
+        owners = [(pop + k * n_pops) % fetchers for k in range(len(parts))]
+        limit = max(1, max_concurrency // len(set(owners)))
+        chunks += [ProbeChunk(pop, owner, limit, part) for owner, part in zip(owners, parts, strict=True)]
+    return chunks
+
+
 def interleave_by_node(fetchers_by_node: Sequence[Sequence[object]]) -> list[object]:
     """Order fetchers so that consecutive owners sit on different nodes (POPs spread over nodes)."""
     out: list[object] = []

@@ -139,9 +139,10 @@ def test_faults_land_exactly_where_they_should(service: PrewarmClient, cdn: Test
     assert set(rows.loc[rows["error_class"] == "http_404", "status_code"]) == {404}
 
     gets = origin_gets(cdn)
-    # The 404 was found by the one size probe and never sent to the POPs.
-    assert {k: v for k, v in gets.items() if k[0] == paths["404"]} == {(paths["404"], SPEC_POPS[0]): 1}
-    # 503 then 200 through each POP (the first POP's probe took the 503 and the 200).
+    # The 404 was found by its one size probe and never sent to the POPs. URL i is probed through resolved
+    # POP i mod 3: the 404 is URL 1.
+    assert {k: v for k, v in gets.items() if k[0] == paths["404"]} == {(paths["404"], SPEC_POPS[1]): 1}
+    # 503 then 200 through each POP (through its probe's POP, the probe took the 503 and the 200).
     assert {k: v for k, v in gets.items() if k[0] == paths["flaky"]} == {
         (paths["flaky"], pop): 2 for pop in SPEC_POPS
     }

@@ -84,8 +84,8 @@ def test_an_uncacheable_object_is_listed_cold_and_until_hit_rewarms_it(service: 
     # The uncacheable object: the probe, then per POP 1 GET + 3 verification HEADs (sent on as GETs by the
     # edge) + 2 re-warm GETs; the cacheable one: one GET per POP only.
     assert gets[(warm, POPS[0])] == gets[(warm, POPS[1])] == 1
-    assert gets[(cold, POPS[0])] == 1 + 1 + 3 + 2  # the probe goes through the first POP
-    assert gets[(cold, POPS[1])] == 1 + 3 + 2
+    assert gets[(cold, POPS[1])] == 1 + 1 + 3 + 2  # URL i is probed through POP i mod 2: this is URL 1
+    assert gets[(cold, POPS[0])] == 1 + 3 + 2
     rows = {(r.url, r.pop): r for r in all_results(req_id).itertuples()}
     assert rows[(cdn.url(cold), POPS[1])].rounds == 3 and rows[(cdn.url(warm), POPS[1])].rounds == 1
     assert rows[(cdn.url(cold), POPS[1])].verify_x_cache == MISS
@@ -123,7 +123,8 @@ def test_two_encodings_are_two_tasks_each_and_both_reach_the_origin(service: Pre
                         if r["method"] == "GET" for _ in range(r["count"]))
     for path in paths:
         for pop in POPS:
-            # The first POP's gzip copy came from the size probe (sent as the first variant); the GET hit it.
+            # At the POP that probed the URL (URL i through POP i mod 2), the gzip copy came from the size
+            # probe (sent as the first variant) and the GET hit it.
             assert encodings[(path, pop, "gzip")] == 1 and encodings[(path, pop, "br")] == 1
     # Each variant is its own cached object at every POP.
     for pop in POPS:
@@ -149,10 +150,11 @@ def test_a_failed_variant_is_named_in_the_report(service: PrewarmClient, cdn: Te
 # -- retry only what failed -----------------------------------------------------------------------
 def test_retry_of_reruns_exactly_the_failed_pairs(service: PrewarmClient, cdn: Testbed) -> None:
     cdn.reset()
-    # Fails the first 3 requests from each edge: the size probe (3 attempts through the first POP) uses
-    # them up there, so only the second POP's GET fails, after its 3 attempts.
+    # Fails the first 3 requests from each edge: the size probe (3 attempts through the first POP, as the
+    # flaky URL is URL 0 and URL i is probed through POP i mod 2) uses them up there, so only the second
+    # POP's GET fails, after its 3 attempts.
     flaky, good = "/fault/fail-first/3/503/obj/1kb/flaky", "/obj/1kb/fine"
-    urls = [cdn.url(good), cdn.url(flaky)]
+    urls = [cdn.url(flaky), cdn.url(good)]
     first_id, first = run(service, body(urls, header={"X-Custom": "kept"}, verify=False))
     assert first["status"] == "FINISHED" and first["failure_count"] == 1 and first["success_count"] == 3
     assert {(r.url, r.pop) for r in report_rows(service, first_id).itertuples()} == {(cdn.url(flaky), POPS[1])}
@@ -271,7 +273,7 @@ def test_max_rps_holds_across_fetchers(service: PrewarmClient, cdn: Testbed) -> 
     _, progress = run(service, body([cdn.url(p) for p in paths], max_rps=cap, verify=False, timeout=3))
     assert progress["status"] == "FINISHED" and progress["success_count"] == 2 * len(paths)
     times = sorted(t for t, _, path, _ in cdn.origin_log() if path.startswith("/fault/nocache/obj/1kb/paced-"))
-    assert len(times) == 300  # 100 size probes through the first POP, then a GET per (URL, POP)
+    assert len(times) == 300  # 100 size probes (each URL through one POP), then a GET per (URL, POP)
     # Over any 5-second window within 110% of the cap (an uncapped job sends all 300 in about a second).
     worst = max(sum(1 for u in times if t <= u < t + 5.0) for t in times)
     assert worst <= cap * 5 * 1.1, worst

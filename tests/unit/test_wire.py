@@ -19,7 +19,7 @@ import pytest
 
 from prewarm.fetch import FetchResult, PopClient, age_seconds
 from prewarm.settings import Settings
-from prewarm.wire import Response, Target, build_head, header_block
+from prewarm.wire import Response, Target, build_head, header_block, target_of
 
 HOST = "www.example.com"
 Respond = Callable[[bytes, int], "bytes | tuple[bytes, bool] | None"]
@@ -375,3 +375,15 @@ def test_tls_sends_the_urls_host_as_sni_and_verifies_it(tls_files: Any) -> None:
 def test_tls_refuses_an_unverified_edge(tls_files: Any, host: str, with_ca: bool) -> None:
     r, server = tls_fetch(tls_files, host, str(tls_files.ca_cert) if with_ca else None)
     assert r.error_class == "tls" and "CERTIFICATE_VERIFY_FAILED" in r.error_message and not server.heads
+
+
+def test_target_of_remembers_a_urls_target_and_still_refuses_bad_urls() -> None:
+    url = "https://www.example.com:8443/a b/c?q=1"
+    first = target_of(url)
+    assert first is target_of(url)  # parsed once, shared by every POP the URL goes through
+    fresh = Target(url)
+    assert (first.scheme, first.host, first.port, first.host_header, first.target) == (
+        fresh.scheme, fresh.host, fresh.port, fresh.host_header, fresh.target)
+    for bad in ("ftp://www.example.com/x", "http:///nohost"):
+        with pytest.raises(ValueError):
+            target_of(bad)

@@ -13,7 +13,7 @@ report is built); a few progress polls, 0.1 s apart, only find when warming star
 actor), a sixth of the job's own CPU: ``--poll-s 0.05`` times the job that way instead.
 
     .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence] [--compare-verify]
-        [--compare-standby] [--timeline] [--poll-s 0.05]
+        [--compare-standby] [--timeline] [--poll-s 0.05] [--cpu] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import http.server
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,28 @@ def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05,
     return ended - t0, ended - (warming_at or t0), progress
 
 
+def process_cpu() -> dict[str, tuple[str, float]]:
+    """pid -> (process name, CPU seconds so far) of every process on the machine, from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[str, tuple[str, float]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        seen[pid] = (stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick)
+    return seen
+
+
+def cpu_spent(before: dict[str, tuple[str, float]], after: dict[str, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per process name between two ``process_cpu`` snapshots, largest first."""
+    spent: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        spent[name] = spent.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+    return dict(sorted(((n, c) for n, c in spent.items() if c > 0), key=lambda item: -item[1]))
+
+
 def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
     """The published sample's agent: six threads, one ``curl`` process per fetch, pinned to the edge."""
     from concurrent.futures import ThreadPoolExecutor
@@ -142,10 +165,11 @@ def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
 def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_per_node: int = 0,
             repeat: int = 1, verify: bool = False, timeline: bool = False,
             pause_s: float = 5.0, standby: bool = True, poll_s: float | None = None,
-            extra_env: dict[str, str] | None = None) -> tuple[float, float, int]:
+            extra_env: dict[str, str] | None = None, cpu: bool = False) -> tuple[float, float, int]:
     """Run the job once to fill the caches, then ``repeat`` timed runs on a fresh service; the best
     (e2e s, warming s, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU);
-    ``timeline`` prints when each timed job changed phase. Each timed job starts after ``pause_s`` of rest, as
+    ``timeline`` prints when each timed job changed phase, ``cpu`` the CPU each process spent on it (process
+    names as the kernel has them: ``ray::Fetcher``, ``nginx``, ...). Each timed job starts after ``pause_s`` of rest, as
     a job on a service at rest would (with ``standby``, the next job's processes have started by then).
     A timed job ends at its webhook, or with ``poll_s`` at the first poll (that often) that sees it final."""
     from prewarm.service import start_service, stop_service
@@ -169,9 +193,15 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
         for _ in range(repeat):
             time.sleep(pause_s)
             phases: list[tuple[float, str]] = []
+            before = process_cpu() if cpu else {}
             elapsed, warming, progress = run_job(client, body, poll_s or 0.05, timeline=phases, inbox=inbox)
             if timeline:
                 print("timeline (s after POST): " + ", ".join(f"{t:.2f} {p}" for t, p in phases), flush=True)
+            if cpu:
+                spent = cpu_spent(before, process_cpu())
+                print(f"CPU over the job: {sum(spent.values()):.2f} core-s, "
+                      f"{sum(spent.values()) / elapsed / (os.cpu_count() or 1):.0%} of the machine; "
+                      + ", ".join(f"{name} {c:.2f}" for name, c in list(spent.items())[:8]), flush=True)
             assert progress["status"] == "FINISHED" and progress["success_count"] == progress["total_count"], progress
             runs.append((elapsed, warming))
         return min(r[0] for r in runs), min(r[1] for r in runs), progress["total_count"]
@@ -197,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="end a timed job at the first progress poll (this often) seeing it final, not its webhook")
     ap.add_argument("--compare-standby", action="store_true",
                     help="also time the job with PREWARM_STANDBY=0 (every job starts its own processes)")
+    ap.add_argument("--cpu", action="store_true", help="print the CPU each process spent on each timed job")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a service setting for every measured job (repeatable), e.g. PREWARM_BATCH_SIZE=1024")
     args = ap.parse_args(argv)
@@ -206,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     with Testbed(pops=pops) as tb:
         elapsed, warming, tasks = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
                                           fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
-                                          timeline=args.timeline, extra_env=extra_env)
+                                          timeline=args.timeline, extra_env=extra_env, cpu=args.cpu)
         service_rps, warming_rps = tasks / elapsed, tasks / warming
         ended_by = f"a poll every {args.poll_s:g} s" if args.poll_s else "its webhook"
         print(f"service: {tasks} tasks ({args.urls} URLs x {len(pops)} POPs, cached 1 KiB, http) in {elapsed:.2f} s "

@@ -144,6 +144,7 @@ class Coordinator:
             self.cf_domain, planned if planned is not None else req.target_pops(), self.settings.allow_private_edges
         )
         failures = {r.pop: r.problem or "" for r in resolved if r.problem}
+        lanes: list[Lane] | None = None
         if planned is None:
             pops = [r for r in resolved if not r.problem]
             if not pops:
@@ -155,11 +156,14 @@ class Coordinator:
                 await self._invalidate()
             await self.state.set_phase.remote(self.req_id, "probing")
             n_cols = len(pops) * self.n_variants
-            sizes, probe_rows = await self._probe(pops, n_cols)
+            grid = plan_lanes(range(len(req.url_list) * n_cols), n_cols, len(self.fetchers))
+            sizes, probe_rows = await self._probe(pops, grid, n_cols)
             url_sizes = np.zeros(len(req.url_list), dtype=np.int64)
             url_sizes[list(sizes)] = list(sizes.values())
             await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures, url_sizes, probe_rows)
             point = await self.state.resume_point.remote(self.req_id)
+            if len(point["pending"]) == len(req.url_list) * n_cols:
+                lanes = grid  # the probe refused nothing and the job holds every task (not a retry): it stands
         else:
             # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
             self.log.warning("resuming after a coordinator restart with %d tasks left", len(point["pending"]))
@@ -175,7 +179,8 @@ class Coordinator:
         await self.state.set_phase.remote(self.req_id, "warming")
         self.dispatched = point["done"]
         n_cols = len(pops) * self.n_variants
-        lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
+        if lanes is None:
+            lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
         self.log.info("warming %d tasks: %d POPs x %d variant(s), %d lanes over %d fetchers (%d unavailable POPs)",
                       len(point["pending"]), len(pops), self.n_variants, len(lanes), len(self.fetchers),
                       len(failures))
@@ -265,18 +270,21 @@ class Coordinator:
         self.fetchers = started
         await self.state.set_nodes.remote(self.req_id, node_ids)
 
-    async def _probe(self, pops: list[PopAddresses], n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
-        """HEAD every URL once, URL ``i`` through POP ``i mod len(pops)``: sizes for ``total_size``; a URL whose
-        probe answered a 4xx is failed on every column instead of being sent to every POP."""
+    async def _probe(self, pops: list[PopAddresses], lanes: list[Lane],
+                     n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
+        """HEAD every URL once, through the POP and on the fetcher of its lane (``plan.probe_plan``): sizes for
+        ``total_size``; a URL whose probe answered a 4xx is failed on every column instead of being sent to
+        every POP."""
         urls = self.request.url_list
-        plan = probe_plan(len(urls), len(pops), len(self.fetchers), self.settings.batch_size,
-                          self.request.max_concurrency or self.settings.max_concurrency)
+        limits = per_fetcher_limits(lanes, n_cols, self.request.max_concurrency or self.settings.max_concurrency,
+                                    self.n_variants)
+        plan = probe_plan(lanes, len(pops), self.n_variants, limits, self.settings.batch_size)
         rps = share_of(self.request.max_rps, len(self.fetchers))
 
         def call(owner: int, chunk: ProbeChunk) -> Any:
             pop = pops[chunk.pop]
             return self.fetchers[owner].probe_batch.remote(
-                pop.pop, pop.addresses, one_piece([(i, urls[i]) for i in chunk.url_indices]), self.deadline,
+                pop.pop, pop.addresses, one_piece((i, urls[i]) for i in chunk.url_indices), self.deadline,
                 chunk.limit, rps, self._phase(owner))
 
         results = await self._spread(call, [(chunk.owner, chunk) for chunk in plan])
@@ -351,7 +359,7 @@ class Coordinator:
             while pending or inflight:
                 while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
                     batch = pending.popleft()
-                    tasks = one_piece([(t, urls[t // n_cols]) for t in batch])
+                    tasks = one_piece((t, urls[t // n_cols]) for t in batch)
                     self.busy[lane.lane_id] = owner
                     ref = self.fetchers[owner].fetch_batch.remote(
                         pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share(),

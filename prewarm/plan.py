@@ -56,15 +56,6 @@ def lane_batches(lane: Lane, n_cols: int, batch_size: int) -> Iterator[list[int]
         yield ids[start : start + batch_size]
 
 
-def even_chunk_size(n_items: int, batch_size: int, n_fetchers: int) -> int:
-    """A chunk size of at most ``batch_size`` that gives every fetcher the same number of chunks (the size
-    probe spreads its chunks round-robin: 5,000 URLs in chunks of 1,024 would give two fetchers 3 and 2)."""
-    fetchers = max(1, n_fetchers)
-    chunks = math.ceil(max(1, n_items) / max(1, batch_size))
-    chunks = math.ceil(chunks / fetchers) * fetchers
-    return max(1, math.ceil(n_items / chunks))
-
-
 @dataclass(frozen=True)
 class ProbeChunk:
     """URLs whose size probe goes through one POP on one fetcher, at that fetcher's share of the POP's cap."""
@@ -72,28 +63,26 @@ class ProbeChunk:
     pop: int
     owner: int
     limit: int
-    url_indices: range
+    url_indices: list[int]
 
 
-def probe_plan(n_urls: int, n_pops: int, n_fetchers: int, batch_size: int, max_concurrency: int) -> list[ProbeChunk]:
-    """The size probe's chunks: URL ``i`` goes through POP ``i mod n_pops``, each POP's URLs in chunks of at most
-    ``batch_size``, spread over the fetchers as the lanes will be (a POP's chunks on one fetcher when there are
-    at least as many POPs as fetchers), each at its fetcher's share of the POP's ``max_concurrency``.
+def probe_plan(lanes: Sequence[Lane], n_pops: int, n_variants: int, limits: Sequence[int],
+               batch_size: int) -> list[ProbeChunk]:
+    """The size probe over a job's lanes (planned on its whole task grid): URL ``i`` once, through POP
+    ``i mod n_pops``, by the fetcher whose lane then warms it there (first variant), at that lane's share of the
+    POP's cap, in chunks of at most ``batch_size``.
 
-    Through every POP at once, the probe gets every POP's cap: through one POP it waited on that POP's
-    round trips alone, at a single POP's concurrency, before anything was warmed.
+    So the probe is spread over the POPs and fetchers as the warming is, and opens the very pools the warming
+    uses. Through the first POP alone it ran at one POP's concurrency before anything was warmed.
     """
-    fetchers = max(1, n_fetchers)
     chunks: list[ProbeChunk] = []
-    for pop in range(n_pops):
-        indices = range(pop, n_urls, n_pops)
-        if not indices:
+    for lane in lanes:
+        pop, variant = divmod(lane.column, n_variants)
+        if variant:
             continue
-        size = even_chunk_size(len(indices), batch_size, max(1, fetchers // n_pops))
-        parts = [indices[s : s + size] for s in range(0, len(indices), size)]
-        owners = [(pop + k * n_pops) % fetchers for k in range(len(parts))]
-        limit = max(1, max_concurrency // len(set(owners)))
-        chunks += [ProbeChunk(pop, owner, limit, part) for owner, part in zip(owners, parts, strict=True)]
+        mine = [u for u in lane.url_indices if u % n_pops == pop]
+        chunks += [ProbeChunk(pop, lane.owner, limits[lane.column], mine[s : s + batch_size])
+                   for s in range(0, len(mine), batch_size)]
     return chunks
 
 

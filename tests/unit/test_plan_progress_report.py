@@ -4,41 +4,36 @@ from collections import Counter
 import pandas as pd
 
 from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask, fetcher_nodes_exist
-from prewarm.plan import even_chunk_size, interleave_by_node, lane_batches, plan_lanes, probe_plan
+from prewarm.plan import interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes, probe_plan
 from prewarm.progress import TaskTable, counts, percentage, result_row
 from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
 
 
-def test_probe_chunks_are_at_most_the_batch_size_and_even_over_fetchers() -> None:
-    for n_items, batch, fetchers in [(5000, 1024, 2), (5000, 256, 2), (10, 1024, 3), (1, 1024, 4), (7, 2, 2),
-                                     (1_000_000, 1024, 6), (0, 1024, 2)]:
-        size = even_chunk_size(n_items, batch, fetchers)
-        chunks = [min(size, n_items - s) for s in range(0, n_items, size)]
-        per_fetcher = [sum(chunks[f::fetchers]) for f in range(fetchers)]
-        assert 1 <= size <= batch and sum(chunks) == n_items
-        assert max(per_fetcher) - min(per_fetcher) <= size, (n_items, batch, fetchers, per_fetcher)
-        if n_items >= batch * fetchers:  # enough work for every fetcher: all get the same number of chunks
-            assert len(chunks) % fetchers == 0, (n_items, batch, fetchers, len(chunks))
-    assert even_chunk_size(5000, 1024, 2) == 834  # 6 chunks, 3 per fetcher (not 5 of 1,024: 3 and 2)
-
-
-def test_the_probe_sends_each_url_once_through_pop_i_mod_n_at_the_pops_cap() -> None:
-    for n_urls, n_pops, n_fetchers in [(5000, 4, 2), (5000, 1, 2), (10, 3, 2), (7, 2, 6), (3, 5, 2), (1, 1, 1)]:
-        plan = probe_plan(n_urls, n_pops, n_fetchers, batch_size=1024, max_concurrency=32)
-        seen = sorted(u for chunk in plan for u in chunk.url_indices)
-        assert seen == list(range(n_urls))  # every URL exactly once
+def test_the_probe_sends_each_url_once_through_pop_i_mod_n_on_the_fetcher_of_its_lane() -> None:
+    for n_urls, n_pops, n_variants, n_fetchers in [(5000, 4, 1, 2), (5000, 1, 1, 2), (10, 3, 2, 2), (7, 2, 1, 6),
+                                                   (3, 5, 1, 2), (1, 1, 1, 1), (2500, 3, 2, 4)]:
+        n_cols = n_pops * n_variants
+        lanes = plan_lanes(range(n_urls * n_cols), n_cols, n_fetchers)
+        limits = per_fetcher_limits(lanes, n_cols, 32, n_variants)
+        plan = probe_plan(lanes, n_pops, n_variants, limits, batch_size=1024)
+        assert sorted(u for chunk in plan for u in chunk.url_indices) == list(range(n_urls))  # each URL once
         for chunk in plan:
-            assert all(u % n_pops == chunk.pop for u in chunk.url_indices) and len(chunk.url_indices) <= 1024
-            on_pop = {c.owner for c in plan if c.pop == chunk.pop}
-            assert chunk.limit == max(1, 32 // len(on_pop))  # the POP never sees more than its cap at once
-    # 4 POPs on 2 fetchers: a POP's URLs stay on one fetcher (its pool), two POPs each, all of the cap.
-    plan = probe_plan(5000, 4, 2, 1024, 32)
-    assert {(c.pop, c.owner) for c in plan} == {(0, 0), (1, 1), (2, 0), (3, 1)} and {c.limit for c in plan} == {32}
+            assert len(chunk.url_indices) <= 1024
+            for u in chunk.url_indices:
+                assert u % n_pops == chunk.pop
+                # The fetcher, and the cap share, of the lane that warms URL u through that POP's first variant.
+                (lane,) = [la for la in lanes if la.column == chunk.pop * n_variants and u in la.url_indices]
+                assert (chunk.owner, chunk.limit) == (lane.owner, limits[lane.column])
+    # 4 POPs on 2 fetchers: each fetcher probes through its two POPs, at the whole cap of each: half the URLs.
+    lanes = plan_lanes(range(5000 * 4), 4, 2)
+    plan = probe_plan(lanes, 4, 1, per_fetcher_limits(lanes, 4, 32), 1024)
+    assert {(c.pop, c.owner, c.limit) for c in plan} == {(0, 0, 32), (1, 1, 32), (2, 0, 32), (3, 1, 32)}
     assert sum(len(c.url_indices) for c in plan if c.owner == 0) == 2500
-    # One POP on 2 fetchers: both probe through it, each at half the cap, the same share of URLs.
-    plan = probe_plan(5000, 1, 2, 1024, 32)
+    # One POP on 2 fetchers: both probe through it, each at half its cap, each half of the URLs.
+    lanes = plan_lanes(range(5000), 1, 2)
+    plan = probe_plan(lanes, 1, 1, per_fetcher_limits(lanes, 1, 32), 1024)
     assert {c.limit for c in plan} == {16}
-    assert [sum(len(c.url_indices) for c in plan if c.owner == f) for f in (0, 1)] == [2502, 2498]
+    assert [sum(len(c.url_indices) for c in plan if c.owner == f) for f in (0, 1)] == [2500, 2500]
 
 
 def test_lanes_cover_every_task_once() -> None:

@@ -2,15 +2,16 @@
 
 20,000 (URL, POP) tasks: 5,000 cached 1 KiB objects over 4 testbed POPs (plain http, as the raw client
 uses). The job runs once to fill the caches; the second, identical job is timed from POST to FINISHED
-(resolution, size probe and report included), and separately over its warming phase. The raw client
+(resolution, size probe and report included), and with ``--timeline`` over its warming phase. The raw client
 then runs against one of the POPs. ``--compare-persistence`` repeats the job with PREWARM_PERSIST=0,
 ``--compare-verify`` with ``verify: true`` (the timed jobs run with ``verify: false`` otherwise),
 ``--compare-standby`` with PREWARM_STANDBY=0. Each timed job starts after 5 s of rest.
 
 A timed job ends when its signed job-end webhook reaches the benchmark (``callback_url``, sent once the
-report is built); a few progress polls, 0.1 s apart, only find when warming starts. A client polling
-``GET /prewarm`` every 50 ms spends ~14 ms of CPU per poll on this 2-core machine (proxy, replica, state
-actor), a sixth of the job's own CPU: ``--poll-s 0.05`` times the job that way instead.
+report is built), and nothing polls it meanwhile: a client polling ``GET /prewarm`` spends ~14 ms of CPU per
+poll on this 2-core machine (proxy, replica, state actor), and even the few polls 0.1 s apart that found
+when warming starts cost a job ~0.1 s. ``--timeline`` polls so (0.1 s apart until warming is seen), to print
+the phases and the warming phase's rate; ``--poll-s 0.05`` times the job polled every 50 ms, to its end.
 
     .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence] [--compare-verify]
         [--compare-standby] [--timeline] [--poll-s 0.05] [--cpu] [--env NAME=VALUE ...]
@@ -88,17 +89,22 @@ class WebhookInbox:
 
 def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05,
             timeline: list[tuple[float, str]] | None = None,
-            inbox: WebhookInbox | None = None) -> tuple[float, float, dict[str, Any]]:
-    """(seconds from POST to the end, seconds of the warming phase, final progress). ``timeline`` collects
-    (seconds after POST, phase/status) at each change seen by the poll.
+            inbox: WebhookInbox | None = None) -> tuple[float, float | None, dict[str, Any]]:
+    """(seconds from POST to the end, tasks per second over the warming phase or None, final progress).
+    ``timeline`` collects (seconds after POST, phase/status) at each change seen by the poll.
 
-    With ``inbox`` the job ends when its webhook arrives: polls (0.1 s apart) stop once warming is seen.
-    Without, the job is polled every ``poll_s`` until its status is final."""
+    The warming phase's rate counts the tasks finished from the first poll that saw it to the end (the size
+    probe runs the first task of each URL before it).
+
+    With ``inbox`` the job ends when its webhook arrives; it is not polled unless ``timeline`` is asked for,
+    and then 0.1 s apart until warming is seen (the warming rate is None unpolled). Without ``inbox``, the
+    job is polled every ``poll_s`` until its status is final."""
     t0 = time.perf_counter()
     req_id = client.prewarm({**body, "callback_url": inbox.url} if inbox else body)["request_id"]
     warming_at = None
+    done_at_warming = 0
     last = ""
-    while True:
+    while inbox is None or timeline is not None:
         progress = client.progress(req_id)
         now = time.perf_counter()
         if timeline is not None and (seen := f"{progress['phase']}/{progress['status']}") != last:
@@ -106,9 +112,10 @@ def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05,
             last = seen
         if warming_at is None and progress["phase"] == "warming":
             warming_at = now  # a job too short for a poll to see it warming counts whole
+            done_at_warming = progress["download_count"]
         final = progress["status"] in FINAL_STATUSES
         if inbox is None and final:
-            return now - t0, now - (warming_at or t0), progress
+            return now - t0, warming_rate(progress, done_at_warming, now - (warming_at or t0)), progress
         if inbox is not None and (final or warming_at is not None):
             break
         time.sleep(0.1 if inbox is not None else poll_s)
@@ -116,9 +123,23 @@ def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05,
     if ended is None:
         raise RuntimeError(f"no job-end webhook for {req_id}")
     progress = client.progress(req_id)
-    if timeline is not None:
-        timeline.append((ended - t0, f"webhook/{progress['status']}"))
-    return ended - t0, ended - (warming_at or t0), progress
+    if timeline is None:
+        return ended - t0, None, progress
+    timeline.append((ended - t0, f"webhook/{progress['status']}"))
+    return ended - t0, warming_rate(progress, done_at_warming, ended - (warming_at or t0)), progress
+
+
+def warming_rate(progress: dict[str, Any], done_before: int, seconds: float) -> float:
+    return (progress["download_count"] - done_before) / max(seconds, 1e-9)
+
+
+def per_s(rate: float | None) -> str:
+    return "not measured (--timeline)" if rate is None else f"{rate:.0f}/s"
+
+
+def cost(rate: float | None, baseline: float | None) -> str:
+    """How much slower ``rate`` is than ``baseline``, as a percentage, when both were measured."""
+    return "n/a" if rate is None or baseline is None else f"{(1 - rate / baseline) * 100:.1f}%"
 
 
 def process_cpu() -> dict[str, tuple[str, float]]:
@@ -165,9 +186,9 @@ def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:
 def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_per_node: int = 0,
             repeat: int = 1, verify: bool = False, timeline: bool = False,
             pause_s: float = 5.0, standby: bool = True, poll_s: float | None = None,
-            extra_env: dict[str, str] | None = None, cpu: bool = False) -> tuple[float, float, int]:
+            extra_env: dict[str, str] | None = None, cpu: bool = False) -> tuple[float, float | None, int]:
     """Run the job once to fill the caches, then ``repeat`` timed runs on a fresh service; the best
-    (e2e s, warming s, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU);
+    (e2e s, warming-phase tasks/s or None, tasks). ``fetchers_per_node`` is PREWARM_FETCHERS_PER_NODE (0: one per CPU);
     ``timeline`` prints when each timed job changed phase, ``cpu`` the CPU each process spent on it (process
     names as the kernel has them: ``ray::Fetcher``, ``nginx``, ...). Each timed job starts after ``pause_s`` of rest, as
     a job on a service at rest would (with ``standby``, the next job's processes have started by then).
@@ -194,7 +215,9 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
             time.sleep(pause_s)
             phases: list[tuple[float, str]] = []
             before = process_cpu() if cpu else {}
-            elapsed, warming, progress = run_job(client, body, poll_s or 0.05, timeline=phases, inbox=inbox)
+            elapsed, warming_rps, progress = run_job(client, body, poll_s or 0.05,
+                                                     timeline=phases if timeline or inbox is None else None,
+                                                     inbox=inbox)
             if timeline:
                 print("timeline (s after POST): " + ", ".join(f"{t:.2f} {p}" for t, p in phases), flush=True)
             if cpu:
@@ -203,8 +226,9 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
                       f"{sum(spent.values()) / elapsed / (os.cpu_count() or 1):.0%} of the machine; "
                       + ", ".join(f"{name} {c:.2f}" for name, c in list(spent.items())[:8]), flush=True)
             assert progress["status"] == "FINISHED" and progress["success_count"] == progress["total_count"], progress
-            runs.append((elapsed, warming))
-        return min(r[0] for r in runs), min(r[1] for r in runs), progress["total_count"]
+            runs.append((elapsed, warming_rps))
+        rates = [r[1] for r in runs if r[1] is not None]
+        return min(r[0] for r in runs), max(rates) if rates else None, progress["total_count"]
     finally:
         if inbox is not None:
             inbox.close()
@@ -235,51 +259,46 @@ def main(argv: list[str] | None = None) -> int:
     extra_env = dict(item.split("=", 1) for item in args.env)
 
     with Testbed(pops=pops) as tb:
-        elapsed, warming, tasks = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
+        elapsed, warming_rps, tasks = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
                                           fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
                                           timeline=args.timeline, extra_env=extra_env, cpu=args.cpu)
-        service_rps, warming_rps = tasks / elapsed, tasks / warming
+        service_rps = tasks / elapsed
         ended_by = f"a poll every {args.poll_s:g} s" if args.poll_s else "its webhook"
         print(f"service: {tasks} tasks ({args.urls} URLs x {len(pops)} POPs, cached 1 KiB, http) in {elapsed:.2f} s "
-              f"= {service_rps:.0f} fetches/s end to end (POST to {ended_by}); warming phase {warming:.2f} s = "
-              f"{warming_rps:.0f}/s", flush=True)
+              f"= {service_rps:.0f} fetches/s end to end (POST to {ended_by}); warming phase {per_s(warming_rps)}",
+              flush=True)
+        common = {"poll_s": args.poll_s, "fetchers_per_node": args.fetchers_per_node, "repeat": args.repeat,
+                  "extra_env": extra_env, "timeline": args.timeline}
         if args.compare_persistence:
-            m_elapsed, m_warming, _ = measure(tb, pops, args.urls, persist=False, poll_s=args.poll_s,
-                                              fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
-                                              extra_env=extra_env)
+            m_elapsed, m_warming_rps, _ = measure(tb, pops, args.urls, persist=False, **common)
             print(f"without persistence (PREWARM_PERSIST=0): {tasks / m_elapsed:.0f} fetches/s end to end, "
-                  f"warming {tasks / m_warming:.0f}/s; persistence costs "
+                  f"warming {per_s(m_warming_rps)}; persistence costs "
                   f"{(1 - service_rps / (tasks / m_elapsed)) * 100:.1f}% end to end, "
-                  f"{(1 - warming_rps / (tasks / m_warming)) * 100:.1f}% while warming (target <= 10%)", flush=True)
+                  f"{cost(warming_rps, m_warming_rps)} while warming (target <= 10%)", flush=True)
         if args.compare_verify:
-            v_elapsed, v_warming, _ = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
-                                              fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
-                                              extra_env=extra_env,
-                                              verify=True)
-            print(f"with verify: true: {tasks / v_elapsed:.0f} pairs/s end to end, warming {tasks / v_warming:.0f} "
-                  f"pairs/s; verification costs {(1 - (tasks / v_elapsed) / service_rps) * 100:.1f}% end to end, "
-                  f"{(1 - (tasks / v_warming) / warming_rps) * 100:.1f}% while warming", flush=True)
+            v_elapsed, v_warming_rps, _ = measure(tb, pops, args.urls, persist=True, verify=True, **common)
+            print(f"with verify: true: {tasks / v_elapsed:.0f} pairs/s end to end, warming {per_s(v_warming_rps)}; "
+                  f"verification costs {(1 - (tasks / v_elapsed) / service_rps) * 100:.1f}% end to end, "
+                  f"{cost(v_warming_rps, warming_rps)} while warming", flush=True)
         if args.compare_standby:
-            c_elapsed, c_warming, _ = measure(tb, pops, args.urls, persist=True, poll_s=args.poll_s,
-                                              fetchers_per_node=args.fetchers_per_node, repeat=args.repeat,
-                                              extra_env=extra_env,
-                                              timeline=args.timeline, standby=False)
+            c_elapsed, c_warming_rps, _ = measure(tb, pops, args.urls, persist=True, standby=False, **common)
             print(f"without standby (PREWARM_STANDBY=0): {c_elapsed:.2f} s = {tasks / c_elapsed:.0f} fetches/s end to "
-                  f"end, warming {c_warming:.2f} s = {tasks / c_warming:.0f}/s; the standby saves "
-                  f"{c_elapsed - elapsed:.2f} s per job", flush=True)
+                  f"end, warming {per_s(c_warming_rps)}; the standby saves {c_elapsed - elapsed:.2f} s per job",
+                  flush=True)
         address = tb.pop_addresses[pops[0]][0]
         warm(address, "www.example.com", "/obj/1kb/bench-0")
         raw = asyncio.run(raw_aiohttp_rps(address, "www.example.com", "/obj/1kb/bench-0", args.seconds))
         print(f"raw aiohttp (1 process, 64 connections, one POP): {raw:.0f} req/s", flush=True)
-        print(f"ratio service/raw aiohttp: {service_rps / raw:.2f} end to end, {warming_rps / raw:.2f} while warming "
-              "(target >= 1.2)")
+        while_warming = "" if warming_rps is None else f", {warming_rps / raw:.2f} while warming"
+        print(f"ratio service/raw aiohttp: {service_rps / raw:.2f} end to end{while_warming} (target >= 1.2)")
         if args.side_by_side:
             ref = wrk_rps(address, "www.example.com", "/obj/1kb/bench-0", args.seconds)
             curl = curl_loop_rps(address, [tb.url(f"/obj/1kb/bench-{i}", scheme="http") for i in range(1500)])
             print("\n| client | fetches/s | service / client |\n| --- | ---: | ---: |")
-            for name, rps in (("the service, end to end", service_rps), ("the service, warming phase", warming_rps),
-                              ("raw aiohttp, 1 process", raw), ("wrk -t2 -c64 (ceiling)", ref),
-                              ("AWS-sample-style agent: 6 threads, one curl per fetch", curl)):
+            rows = [("the service, end to end", service_rps), ("the service, warming phase", warming_rps),
+                    ("raw aiohttp, 1 process", raw), ("wrk -t2 -c64 (ceiling)", ref),
+                    ("AWS-sample-style agent: 6 threads, one curl per fetch", curl)]
+            for name, rps in ((name, rps) for name, rps in rows if rps is not None):
                 print(f"| {name} | {rps:.0f} | {service_rps / rps:.2f} |")
     return 0
 

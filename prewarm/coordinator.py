@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -22,18 +23,20 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
-from prewarm.fetcher import FetcherActor
+from prewarm.fetcher import FetcherActor, ProbeRow
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
 from prewarm.pacing import share_of
 from prewarm.plan import (
     Lane,
     ProbeChunk,
+    batch_up,
     interleave_by_node,
-    lane_batches,
+    lane_of_tasks,
     per_fetcher_limits,
     plan_lanes,
     probe_plan,
+    released_by_probe,
 )
 from prewarm.progress import ResultRow, one_piece, result_row
 from prewarm.registry import coordinator_name, get_state_actor
@@ -144,7 +147,6 @@ class Coordinator:
             self.cf_domain, planned if planned is not None else req.target_pops(), self.settings.allow_private_edges
         )
         failures = {r.pop: r.problem or "" for r in resolved if r.problem}
-        lanes: list[Lane] | None = None
         if planned is None:
             pops = [r for r in resolved if not r.problem]
             if not pops:
@@ -154,16 +156,8 @@ class Coordinator:
             await starting
             if req.need_invalidate:
                 await self._invalidate()
-            await self.state.set_phase.remote(self.req_id, "probing")
-            n_cols = len(pops) * self.n_variants
-            grid = plan_lanes(range(len(req.url_list) * n_cols), n_cols, len(self.fetchers))
-            sizes, probe_rows = await self._probe(pops, grid, n_cols)
-            url_sizes = np.zeros(len(req.url_list), dtype=np.int64)
-            url_sizes[list(sizes)] = list(sizes.values())
-            await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures, url_sizes, probe_rows)
+            await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures)
             point = await self.state.resume_point.remote(self.req_id)
-            if len(point["pending"]) == len(req.url_list) * n_cols:
-                lanes = grid  # the probe refused nothing and the job holds every task (not a retry): it stands
         else:
             # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
             self.log.warning("resuming after a coordinator restart with %d tasks left", len(point["pending"]))
@@ -176,20 +170,36 @@ class Coordinator:
                         for t in point["pending"] if (pop := int(t) % n_cols // self.n_variants) in lost]
                 await self.state.record.remote(self.req_id, rows)
                 point = await self.state.resume_point.remote(self.req_id)
-        await self.state.set_phase.remote(self.req_id, "warming")
-        self.dispatched = point["done"]
         n_cols = len(pops) * self.n_variants
-        if lanes is None:
-            lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
-        self.log.info("warming %d tasks: %d POPs x %d variant(s), %d lanes over %d fetchers (%d unavailable POPs)",
-                      len(point["pending"]), len(pops), self.n_variants, len(lanes), len(self.fetchers),
-                      len(failures))
+        lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
+        probing = point["phase"] != "warming"  # not probed yet (a restarted coordinator probes the URLs left)
+        self.log.info("warming %d tasks (%s): %d POPs x %d variant(s), %d lanes over %d fetchers "
+                      "(%d unavailable POPs)", len(point["pending"]),
+                      "a size probe per URL first" if probing else "probed already", len(pops), self.n_variants,
+                      len(lanes), len(self.fetchers), len(failures))
         names = [p.pop for p in pops]
         addresses = [p.addresses for p in pops]
         limits = per_fetcher_limits(lanes, n_cols, req.max_concurrency or self.settings.max_concurrency,
                                     self.n_variants)
         self.busy = {lane.lane_id: self._alive_owner(lane.owner) for lane in lanes}
-        await asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.column]) for lane in lanes))
+        self.dispatched = point["done"]
+        feeds: dict[int, asyncio.Queue[list[int] | None]] = {lane.lane_id: asyncio.Queue() for lane in lanes}
+        drives = asyncio.gather(*(self._drive(lane, names, addresses, limits[lane.column], feeds[lane.lane_id])
+                                  for lane in lanes))
+        try:
+            if probing:
+                await self.state.set_phase.remote(self.req_id, "probing")
+                await self._probe(pops, lanes, n_cols, limits, feeds)
+            else:
+                for lane in lanes:
+                    feeds[lane.lane_id].put_nowait(list(lane.url_indices))
+            await self.state.set_phase.remote(self.req_id, "warming")
+            for feed in feeds.values():
+                feed.put_nowait(None)  # nothing more will come: each lane ends once its batches are done
+            await drives
+        except BaseException:
+            drives.cancel()
+            raise
         return "FINISHED", ""
 
     async def _invalidate(self) -> None:
@@ -270,51 +280,69 @@ class Coordinator:
         self.fetchers = started
         await self.state.set_nodes.remote(self.req_id, node_ids)
 
-    async def _probe(self, pops: list[PopAddresses], lanes: list[Lane],
-                     n_cols: int) -> tuple[dict[int, int], list[ResultRow]]:
-        """HEAD every URL once, through the POP and on the fetcher of its lane (``plan.probe_plan``): sizes for
-        ``total_size``; a URL whose probe answered a 4xx is failed on every column instead of being sent to
-        every POP."""
+    async def _probe(self, pops: list[PopAddresses], lanes: list[Lane], n_cols: int, limits: list[int],
+                     feeds: dict[int, asyncio.Queue[list[int] | None]]) -> None:
+        """Run one task of each URL before its others (``plan.probe_plan``): a warm-up GET like any other, on
+        the fetcher and pool of its lane. As each chunk answers, its URLs' other tasks go to their lanes, except
+        a URL that answered a 4xx: its other tasks are failed instead of sent to every POP. The sizes learnt
+        give ``total_size``.
+
+        A HEAD before the GETs cost one more request per URL, at the POP and, on a cold edge, at the origin;
+        waiting for every probe before any other GET left the machine idle at the switch.
+        """
         urls = self.request.url_list
-        limits = per_fetcher_limits(lanes, n_cols, self.request.max_concurrency or self.settings.max_concurrency,
-                                    self.n_variants)
-        plan = probe_plan(lanes, len(pops), self.n_variants, limits, self.settings.batch_size)
         rps = share_of(self.request.max_rps, len(self.fetchers))
+        plan = probe_plan(lanes, n_cols, limits, self._batch_size(rps))
+        lane_of = lane_of_tasks(lanes, len(urls) * n_cols, n_cols)
+        sizes = np.zeros(len(urls), dtype=np.int64)
 
         def call(owner: int, chunk: ProbeChunk) -> Any:
-            pop = pops[chunk.pop]
+            pop, variant = divmod(chunk.column, self.n_variants)
             return self.fetchers[owner].probe_batch.remote(
-                pop.pop, pop.addresses, one_piece((i, urls[i]) for i in chunk.url_indices), self.deadline,
-                chunk.limit, rps, self._phase(owner))
+                pops[pop].pop, pops[pop].addresses, one_piece((t, urls[t // n_cols]) for t in chunk.task_ids),
+                self.deadline, chunk.limit, variant, rps, self._phase(owner))
 
-        results = await self._spread(call, [(chunk.owner, chunk) for chunk in plan])
-        sizes: dict[int, int] = {}
-        rows: list[ResultRow] = []
-        for chunk, batch in zip(plan, results, strict=True):
-            through = pops[chunk.pop].pop
-            for index, status, length, error_class, message in batch:
+        async def learnt(chunk: ProbeChunk, batch: tuple[ProbeRow, ...]) -> None:
+            through = pops[chunk.column // self.n_variants].pop
+            refused: list[ResultRow] = []
+            passed: list[int] = []
+            for task, status, nbytes, error_class, message in batch:
+                index = task // n_cols
                 if 400 <= status < 500 and status != 429:
                     note = f"size probe through {through} answered {message or status}; not sent to the POPs"
-                    rows.extend(
+                    refused.extend(
                         result_row(index * n_cols + c, status, error_class=f"http_{status}", message=note)
-                        for c in range(n_cols)
+                        for c in range(n_cols) if c != chunk.column
                     )
-                elif not error_class and length is not None:
-                    sizes[index] = length
-        return sizes, rows
+                    continue
+                if not error_class:
+                    sizes[index] = nbytes
+                passed.append(index)
+            for lane_id, url_indices in released_by_probe(lane_of, passed, chunk.column, n_cols).items():
+                feeds[lane_id].put_nowait(url_indices)
+            if refused:
+                await self.state.record.remote(self.req_id, refused)
 
-    async def _spread(self, call: Any, work: list[tuple[int, Any]]) -> list[Any]:
-        """Run each (preferred fetcher, chunk), moving a chunk on to a survivor if its fetcher dies; results in
-        the order of ``work``."""
-        async def run(preferred: int, chunk: Any) -> Any:
+        self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
+        await self._spread(call, [(chunk.owner, chunk) for chunk in plan], learnt)
+        await self.state.set_sizes.remote(self.req_id, sizes)
+
+    async def _spread(self, call: Any, work: list[tuple[int, Any]],
+                      each: Callable[[Any, Any], Awaitable[None]]) -> None:
+        """Run each (preferred fetcher, chunk), moving a chunk on to a survivor if its fetcher dies; ``each``
+        takes a chunk and its result as soon as it has one."""
+        async def run(preferred: int, chunk: Any) -> None:
             while True:
                 owner = self._alive_owner(preferred)
                 try:
-                    return await call(owner, chunk)
+                    result = await call(owner, chunk)
                 except RayActorError:
                     self._mark_dead(owner)
+                    continue
+                await each(chunk, result)
+                return
 
-        return list(await asyncio.gather(*(run(owner, chunk) for owner, chunk in work)))
+        await asyncio.gather(*(run(owner, chunk) for owner, chunk in work))
 
     def _alive_owner(self, preferred: int) -> int:
         alive = [i for i in range(len(self.fetchers)) if i not in self.dead]
@@ -339,24 +367,26 @@ class Coordinator:
         """Each busy fetcher's part of ``max_rps``: the cap split over the fetchers that still have lanes."""
         return share_of(self.request.max_rps, len(set(self.busy.values())))
 
-    def _batch_size(self) -> int:
-        """Batches of about two seconds' work under a rate cap, so progress moves while paced (a verified
-        task is two requests, a GET and a HEAD, more when re-warmed)."""
-        share = self._rps_share()
+    def _batch_size(self, share: float | None) -> int:
+        """Batches of about two seconds' work at a fetcher's rate ``share``, so progress moves while paced (a
+        verified task is two requests, a GET and a HEAD, more when re-warmed)."""
         size = self.settings.batch_size
         per_task = 2 if self.request.verify else 1
         return size if share is None else max(1, min(size, int(share * 2 / per_task)))
 
-    async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]], limit: int) -> None:
-        """Feed a lane's batches to its owner, a few in flight; on the owner's death, to a survivor."""
+    async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]], limit: int,
+                     feed: asyncio.Queue[list[int] | None]) -> None:
+        """Feed a lane's batches to its owner, a few in flight, as its URLs come (all at once, or as their size
+        probes answer) until ``None``; on the owner's death, to a survivor."""
         n_cols = len(pops) * self.n_variants
         pop, variant = divmod(lane.column, self.n_variants)
         urls = self.request.url_list
-        pending = deque(lane_batches(lane, n_cols, self._batch_size()))
+        pending: deque[list[int]] = deque()
         inflight: dict[asyncio.Future[Any], tuple[list[int], int]] = {}
         owner = self._alive_owner(lane.owner)
+        more: asyncio.Future[list[int] | None] | None = asyncio.ensure_future(feed.get())
         try:
-            while pending or inflight:
+            while more is not None or pending or inflight:
                 while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
                     batch = pending.popleft()
                     tasks = one_piece((t, urls[t // n_cols]) for t in batch)
@@ -367,7 +397,15 @@ class Coordinator:
                     )
                     inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
                     self.dispatched += len(batch)
-                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait([*inflight, *([more] if more else [])],
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if more is not None and more in done:
+                    done.discard(more)
+                    url_indices = more.result()
+                    more = None if url_indices is None else asyncio.ensure_future(feed.get())
+                    if url_indices:
+                        batch_up(pending, [u * n_cols + lane.column for u in url_indices],
+                                 self._batch_size(self._rps_share()))
                 for future in done:
                     batch, sent_to = inflight.pop(future)
                     try:
@@ -379,6 +417,8 @@ class Coordinator:
                             owner = self._alive_owner(owner + 1)
                         pending.appendleft(batch)
         finally:
+            if more is not None:
+                more.cancel()
             self.busy.pop(lane.lane_id, None)  # its fetcher's rate share goes to those still busy
 
     async def _heartbeat(self) -> None:

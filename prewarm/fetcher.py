@@ -54,8 +54,8 @@ class Fetcher:
         return os.getpid()
 
     def _client(self, pop: str, addresses: list[str], limit: int, variant: int = 0) -> tuple[PopClient, WorkerPool]:
-        """The connections and workers for a (POP, variant) at a concurrency cap (the probe and the warm-up may
-        use different caps)."""
+        """The connections and workers for a (POP, variant) at a concurrency cap (a lane emptied by the probe
+        can change the caps of the warm-up)."""
         key = (pop, variant, limit)
         held = self._clients.get(key)
         if held is None or held[0].addresses != addresses:
@@ -72,12 +72,27 @@ class Fetcher:
         ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of
         the job's request-rate cap (None: no cap) and ``phase`` its place among the job's fetchers.
         """
+        return len(await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase))
+
+    async def probe_batch(
+        self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
+        variant: int = 0, rps: float | None = None, phase: float = 0.0,
+    ) -> tuple[ProbeRow, ...]:
+        """``fetch_batch`` for the size probe: each task is its URL's first, and what its GET learnt goes back
+        to the coordinator too: the object's size, or the 4xx that spares sending the URL to every other POP."""
+        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase)
+        return one_piece((row[0], row[1], row[4], row[7], row[8]) for row in rows)
+
+    async def _run(
+        self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
+        variant: int, rps: float | None, phase: float,
+    ) -> list[ResultRow]:
         self._pacer.set_rate(rps, phase)
         client, workers = self._client(pop, addresses, limit, variant)
         rows = await workers.run(tasks, lambda task_id, url: self._warm(client, task_id, url, deadline))
         await self._state.record.remote(self._req_id, one_piece(rows))
         record_batch(pop, rows)
-        return len(rows)
+        return rows
 
     def _pace(self) -> Callable[[], Awaitable[None]] | None:
         return self._pacer.wait if self._pacer.rate else None  # no cap: nothing to await per request
@@ -99,21 +114,6 @@ class Fetcher:
                 rounds += 1
         return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1),
                 r.error_class, r.error_message, verify_x_cache, age, rounds)
-
-    async def probe_batch(
-        self, pop: str, addresses: list[str], items: Sequence[tuple[int, str]], deadline: float, limit: int,
-        rps: float | None = None, phase: float = 0.0,
-    ) -> tuple[ProbeRow, ...]:
-        """HEAD each URL through one POP: its size, or the 4xx that spares sending it to every POP."""
-        self._pacer.set_rate(rps, phase)
-        client, workers = self._client(pop, addresses, limit)
-        pace = self._pace()
-
-        async def one(index: int, url: str) -> ProbeRow:
-            r = await client.fetch(url, "HEAD", deadline, pace=pace)
-            return (index, r.status, r.content_length, r.error_class, r.error_message)
-
-        return one_piece(await workers.run(items, one))
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client, _ in self._clients.values()), return_exceptions=True)
@@ -189,6 +189,6 @@ class _Batch(Generic[Row]):
 FetcherActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)(Fetcher)
 
 
-ProbeRow = tuple[int, int, int | None, str, str]
-"""(url_index, status_code, content_length, error_class, error_message) of one size probe."""
+ProbeRow = tuple[int, int, int, str, str]
+"""(task_id, status_code, bytes, error_class, error_message) of one size probe's GET."""
 

@@ -1,6 +1,6 @@
 """Origin protection: a job's ``max_rps`` cap, split over its fetchers and kept by each one's pacer.
 
-Every request a fetcher sends for the job (size probe, warm-up GET, verification HEAD, re-warm, and
+Every request a fetcher sends for the job (warm-up GET, the size probes among them, verification HEAD, re-warm, and
 each retry of one of those) waits for its pacer first, once it holds a connection slot. A pacer
 releases requests evenly spaced (a virtual-schedule limiter, GCRA) with no burst allowance, and the
 fetchers' first slots (and first after an idle spell, such as the size probe's end) are staggered by

@@ -6,8 +6,11 @@ A column is a (POP, variant) pair of the task grid (see ``progress``); with one 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -49,41 +52,81 @@ def plan_lanes(task_ids: Sequence[int], n_cols: int, n_fetchers: int) -> list[La
     return lanes
 
 
-def lane_batches(lane: Lane, n_cols: int, batch_size: int) -> Iterator[list[int]]:
-    """Task ids of the lane in batches: one actor call carries a whole batch, never one URL."""
-    ids = [u * n_cols + lane.column for u in lane.url_indices]
-    for start in range(0, len(ids), batch_size):
-        yield ids[start : start + batch_size]
+def lane_tasks(lane: Lane, n_cols: int) -> list[int]:
+    """The task ids a lane holds."""
+    return [u * n_cols + lane.column for u in lane.url_indices]
+
+
+def batch_up(batches: deque[list[int]], task_ids: Sequence[int], batch_size: int) -> None:
+    """Append tasks to a lane's queue of batches (one actor call carries a whole batch, never one URL), the
+    last batch filled up first, so that tasks arriving a few at a time still travel in full batches."""
+    task_ids = list(task_ids)
+    if batches and len(batches[-1]) < batch_size:
+        room = batch_size - len(batches[-1])
+        batches[-1].extend(task_ids[:room])
+        task_ids = task_ids[room:]
+    batches.extend(task_ids[s : s + batch_size] for s in range(0, len(task_ids), batch_size))
 
 
 @dataclass(frozen=True)
 class ProbeChunk:
-    """URLs whose size probe goes through one POP on one fetcher, at that fetcher's share of the POP's cap."""
+    """Probe tasks of one lane (a column: POP and variant), run by its owner at the lane's share of the POP's cap."""
 
-    pop: int
+    column: int
     owner: int
     limit: int
-    url_indices: list[int]
+    task_ids: list[int]
 
 
-def probe_plan(lanes: Sequence[Lane], n_pops: int, n_variants: int, limits: Sequence[int],
-               batch_size: int) -> list[ProbeChunk]:
-    """The size probe over a job's lanes (planned on its whole task grid): URL ``i`` once, through POP
-    ``i mod n_pops``, by the fetcher whose lane then warms it there (first variant), at that lane's share of the
-    POP's cap, in chunks of at most ``batch_size``.
+def probe_plan(lanes: Sequence[Lane], n_cols: int, limits: Sequence[int], batch_size: int) -> list[ProbeChunk]:
+    """The size probe over a job's lanes: one task per URL, run before its others, in chunks of at most
+    ``batch_size``.
 
-    So the probe is spread over the POPs and fetchers as the warming is, and opens the very pools the warming
-    uses. Through the first POP alone it ran at one POP's concurrency before anything was warmed.
+    URL ``u``'s probe is its task in column ``cols[u mod len(cols)]`` of the columns the lanes hold for it
+    (the whole grid with one variant: POP ``u mod n``), run by the fetcher whose lane holds that task. So the
+    probe is spread over the POPs and fetchers as the warming is and uses the warming's own pools, and a probe
+    is a task's warm-up GET, not an extra request: the URL's other tasks follow once its chunk has answered
+    (``released_by_probe``).
     """
+    held: dict[int, list[int]] = {}
+    for lane in lanes:
+        for u in lane.url_indices:
+            held.setdefault(u, []).append(lane.column)
+    probe_column = {u: sorted(cols)[u % len(cols)] for u, cols in held.items()}
     chunks: list[ProbeChunk] = []
     for lane in lanes:
-        pop, variant = divmod(lane.column, n_variants)
-        if variant:
-            continue
-        mine = [u for u in lane.url_indices if u % n_pops == pop]
-        chunks += [ProbeChunk(pop, lane.owner, limits[lane.column], mine[s : s + batch_size])
+        col = lane.column
+        mine = [u * n_cols + col for u in lane.url_indices if probe_column[u] == col]
+        chunks += [ProbeChunk(col, lane.owner, limits[col], mine[s : s + batch_size])
                    for s in range(0, len(mine), batch_size)]
     return chunks
+
+
+def lane_of_tasks(lanes: Sequence[Lane], n_tasks: int, n_cols: int) -> np.ndarray:
+    """Task id -> the id of the lane that holds it; -1 for a task no lane holds (not the job's, or done)."""
+    lane_of = np.full(n_tasks, -1, dtype=np.int32)
+    for lane in lanes:
+        lane_of[np.asarray(lane.url_indices, dtype=np.int64) * n_cols + lane.column] = lane.lane_id
+    return lane_of
+
+
+def released_by_probe(lane_of: np.ndarray, url_indices: Sequence[int], probe_column: int,
+                      n_cols: int) -> dict[int, list[int]]:
+    """What finished size probes let go: the probed URLs' tasks in every other column a lane holds, as lane id
+    -> URL indices (in URL order). The probe's own column is left out: its task was the probe."""
+    urls = np.asarray(url_indices, dtype=np.int64)
+    cols = np.array([c for c in range(n_cols) if c != probe_column], dtype=np.int64)
+    if not len(urls) or not len(cols):
+        return {}
+    tasks = (urls[:, None] * n_cols + cols[None, :]).ravel()
+    lanes = lane_of[tasks]
+    held = lanes >= 0
+    lanes, tasks = lanes[held], tasks[held]
+    order = np.argsort(lanes, kind="stable")
+    lanes, tasks = lanes[order], tasks[order]
+    bounds = np.flatnonzero(np.diff(lanes)) + 1
+    return {int(group[0]): (part // n_cols).tolist()
+            for group, part in zip(np.split(lanes, bounds), np.split(tasks, bounds), strict=True) if len(group)}
 
 
 def interleave_by_node(fetchers_by_node: Sequence[Sequence[object]]) -> list[object]:

@@ -224,25 +224,40 @@ class State:
             self._persist(job)
 
     @writes
-    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str], url_sizes: np.ndarray,
-                 probe_failures: Sequence[ResultRow] | None = None) -> None:
+    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str],
+                 url_sizes: np.ndarray | None = None) -> None:
         """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only.
 
-        ``url_sizes`` holds each URL's size (0 when unknown); ``total_size`` counts it once per task the
-        job holds, so a retry job counts only the pairs it re-runs.
+        ``url_sizes`` as for ``set_sizes``, when known already.
         """
         job = self.jobs[req_id]
         if job.table is not None or job.final:
             return
         job.table = job.new_table(pops)
         job.pop_failures = dict(pop_failures)
-        held = (~job.table.skipped).reshape(len(job.urls), -1).sum(axis=1)
-        job.total_size = int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
-        if probe_failures:
-            job.table.record(probe_failures)
-            self.store.save_results(req_id, probe_failures)
+        if url_sizes is not None:
+            job.total_size = self._total_size(job.table, url_sizes)
         job.touch()
         self._persist(job)
+
+    @writes
+    def set_sizes(self, req_id: str, url_sizes: np.ndarray) -> None:
+        """What the size probe learnt: each URL's size (0 when unknown).
+
+        ``total_size`` counts a URL's size once per task the job holds, so a retry job counts only the pairs
+        it re-runs.
+        """
+        job = self.jobs[req_id]
+        if job.table is None or job.final:
+            return
+        job.total_size = self._total_size(job.table, url_sizes)
+        job.touch()
+        self._persist(job)
+
+    @staticmethod
+    def _total_size(table: TaskTable, url_sizes: np.ndarray) -> int:
+        held = (~table.skipped).reshape(len(table.urls), -1).sum(axis=1)
+        return int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
 
     @writes
     def set_nodes(self, req_id: str, node_ids: list[str]) -> None:
@@ -266,9 +281,10 @@ class State:
         """What a (re)started coordinator needs: is the job over, its POPs if planned, the tasks left."""
         job = self.jobs[req_id]
         if job.final or job.table is None:
-            return {"final": job.final, "pops": None, "pending": None, "done": 0}
+            return {"final": job.final, "pops": None, "pending": None, "done": 0, "phase": job.phase}
         pending = np.flatnonzero(~job.table.done)
-        return {"final": False, "pops": list(job.table.pops), "pending": pending, "done": job.table.done_count}
+        return {"final": False, "pops": list(job.table.pops), "pending": pending, "done": job.table.done_count,
+                "phase": job.phase}
 
     @writes
     def record(self, req_id: str, rows: Sequence[ResultRow]) -> int:

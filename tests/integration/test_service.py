@@ -139,10 +139,10 @@ def test_faults_land_exactly_where_they_should(service: PrewarmClient, cdn: Test
     assert set(rows.loc[rows["error_class"] == "http_404", "status_code"]) == {404}
 
     gets = origin_gets(cdn)
-    # The 404 was found by its one size probe and never sent to the POPs. URL i is probed through resolved
-    # POP i mod 3: the 404 is URL 1.
+    # The 404 was found by its size probe (the GET of URL i through resolved POP i mod 3: the 404 is URL 1)
+    # and never sent to the other POPs.
     assert {k: v for k, v in gets.items() if k[0] == paths["404"]} == {(paths["404"], SPEC_POPS[1]): 1}
-    # 503 then 200 through each POP (through its probe's POP, the probe took the 503 and the 200).
+    # 503 then 200 through each POP (through its probe's POP, the probe's GET took them).
     assert {k: v for k, v in gets.items() if k[0] == paths["flaky"]} == {
         (paths["flaky"], pop): 2 for pop in SPEC_POPS
     }
@@ -296,7 +296,7 @@ def test_max_concurrency_caps_fetches_per_pop(service: PrewarmClient, cdn: Testb
     assert progress["status"] == "FINISHED" and progress["success_count"] == 8
     elapsed = (datetime.strptime(progress["last_update_time"], TIME_FORMAT)
                - datetime.strptime(progress["created_at"], TIME_FORMAT))
-    # 8 probes then nothing left to fetch (the probe's POP is the only one): 8 x 0.4 s over 2 connections.
+    # 8 GETs, each its URL's size probe (the only POP): 8 x 0.4 s over 2 connections.
     assert elapsed >= timedelta(seconds=1.5), elapsed
     status, answer = post_error(service, {**GOOD, "max_concurrency": 0})
     assert status == 400 and "field 'max_concurrency'" in answer["error_message"]
@@ -309,9 +309,9 @@ def test_redirects_are_not_followed(service: PrewarmClient, cdn: Testbed) -> Non
     assert wait_final(service, req_id)["failure_count"] == 2
     rows = report_rows(service, req_id)
     assert set(rows["error_class"]) == {"http_302"} and set(rows["attempts"]) == {1}
-    # The probe (a HEAD, a GET at the origin) and one GET per POP; a 302 is not cached; nothing else requested.
-    assert origin_gets(cdn) == {("/fault/status/302/moved", "ATL56-C1"): 2, ("/fault/status/302/moved", "DFW55-C3"): 1}
-    assert cdn.origin_counts()["total"] == 3
+    # One GET per POP (ATL's was the size probe: URL 0 through POP 0); a 302 is not cached; nothing else sent.
+    assert origin_gets(cdn) == {("/fault/status/302/moved", "ATL56-C1"): 1, ("/fault/status/302/moved", "DFW55-C3"): 1}
+    assert cdn.origin_counts()["total"] == 2
 
 
 def test_callback_url_needs_a_webhook_secret(service: PrewarmClient, cdn: Testbed) -> None:

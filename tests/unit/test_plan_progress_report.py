@@ -1,48 +1,98 @@
 import io
-from collections import Counter
+from collections import Counter, deque
 
 import pandas as pd
 
 from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask, fetcher_nodes_exist
-from prewarm.plan import interleave_by_node, lane_batches, per_fetcher_limits, plan_lanes, probe_plan
+from prewarm.plan import (
+    batch_up,
+    interleave_by_node,
+    lane_of_tasks,
+    lane_tasks,
+    per_fetcher_limits,
+    plan_lanes,
+    probe_plan,
+    released_by_probe,
+)
 from prewarm.progress import TaskTable, counts, percentage, result_row
 from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
 
 
-def test_the_probe_sends_each_url_once_through_pop_i_mod_n_on_the_fetcher_of_its_lane() -> None:
+def test_the_probe_runs_one_task_of_each_url_on_the_fetcher_of_its_lane() -> None:
     for n_urls, n_pops, n_variants, n_fetchers in [(5000, 4, 1, 2), (5000, 1, 1, 2), (10, 3, 2, 2), (7, 2, 1, 6),
                                                    (3, 5, 1, 2), (1, 1, 1, 1), (2500, 3, 2, 4)]:
         n_cols = n_pops * n_variants
         lanes = plan_lanes(range(n_urls * n_cols), n_cols, n_fetchers)
         limits = per_fetcher_limits(lanes, n_cols, 32, n_variants)
-        plan = probe_plan(lanes, n_pops, n_variants, limits, batch_size=1024)
-        assert sorted(u for chunk in plan for u in chunk.url_indices) == list(range(n_urls))  # each URL once
+        plan = probe_plan(lanes, n_cols, limits, batch_size=1024)
+        probed = sorted(t for chunk in plan for t in chunk.task_ids)
+        # One task per URL, in column u mod n_cols: with one variant, through POP u mod n_pops.
+        assert probed == [u * n_cols + u % n_cols for u in range(n_urls)]
         for chunk in plan:
-            assert len(chunk.url_indices) <= 1024
-            for u in chunk.url_indices:
-                assert u % n_pops == chunk.pop
-                # The fetcher, and the cap share, of the lane that warms URL u through that POP's first variant.
-                (lane,) = [la for la in lanes if la.column == chunk.pop * n_variants and u in la.url_indices]
+            assert 0 < len(chunk.task_ids) <= 1024
+            for t in chunk.task_ids:
+                u, col = divmod(t, n_cols)
+                assert col == chunk.column
+                # The fetcher, and the cap share, of the lane that holds the task.
+                (lane,) = [la for la in lanes if la.column == col and u in la.url_indices]
                 assert (chunk.owner, chunk.limit) == (lane.owner, limits[lane.column])
     # 4 POPs on 2 fetchers: each fetcher probes through its two POPs, at the whole cap of each: half the URLs.
     lanes = plan_lanes(range(5000 * 4), 4, 2)
-    plan = probe_plan(lanes, 4, 1, per_fetcher_limits(lanes, 4, 32), 1024)
-    assert {(c.pop, c.owner, c.limit) for c in plan} == {(0, 0, 32), (1, 1, 32), (2, 0, 32), (3, 1, 32)}
-    assert sum(len(c.url_indices) for c in plan if c.owner == 0) == 2500
+    plan = probe_plan(lanes, 4, per_fetcher_limits(lanes, 4, 32), 1024)
+    assert {(c.column, c.owner, c.limit) for c in plan} == {(0, 0, 32), (1, 1, 32), (2, 0, 32), (3, 1, 32)}
+    assert sum(len(c.task_ids) for c in plan if c.owner == 0) == 2500
     # One POP on 2 fetchers: both probe through it, each at half its cap, each half of the URLs.
     lanes = plan_lanes(range(5000), 1, 2)
-    plan = probe_plan(lanes, 1, 1, per_fetcher_limits(lanes, 1, 32), 1024)
+    plan = probe_plan(lanes, 1, per_fetcher_limits(lanes, 1, 32), 1024)
     assert {c.limit for c in plan} == {16}
-    assert [sum(len(c.url_indices) for c in plan if c.owner == f) for f in (0, 1)] == [2500, 2500]
+    assert [sum(len(c.task_ids) for c in plan if c.owner == f) for f in (0, 1)] == [2500, 2500]
+
+
+def test_a_partial_grid_probes_each_url_once_among_the_tasks_it_holds() -> None:
+    # A retry job (or a resumed one): URL 0 holds columns 1 and 2, URL 1 column 0 alone, URL 2 nothing.
+    lanes = plan_lanes([1, 2, 3], 3, 2)
+    plan = probe_plan(lanes, 3, per_fetcher_limits(lanes, 3, 32), 1024)
+    assert sorted(t for c in plan for t in c.task_ids) == [1, 3]  # URL 0: cols [1, 2][0 mod 2]; URL 1: col 0
+
+
+def test_each_probe_chunk_lets_go_its_urls_other_tasks_once_to_the_lanes_that_hold_them() -> None:
+    for n_urls, n_cols, n_fetchers in [(10, 4, 2), (7, 1, 3), (25, 3, 4), (3, 5, 2)]:
+        lanes = plan_lanes(range(n_urls * n_cols), n_cols, n_fetchers)
+        lane_of = lane_of_tasks(lanes, n_urls * n_cols, n_cols)
+        plan = probe_plan(lanes, n_cols, per_fetcher_limits(lanes, n_cols, 32), 4)
+        released: list[int] = []
+        for chunk in plan:
+            urls = [t // n_cols for t in chunk.task_ids]
+            for lane_id, got in released_by_probe(lane_of, urls, chunk.column, n_cols).items():
+                lane = lanes[lane_id]
+                assert lane.column != chunk.column and set(got) <= set(lane.url_indices) and got == sorted(got)
+                released += [u * n_cols + lane.column for u in got]
+        probed = [t for chunk in plan for t in chunk.task_ids]
+        # Every task is either its URL's probe or let go by that probe, exactly once.
+        assert sorted(released + probed) == list(range(n_urls * n_cols))
+    # A retry job's partial grid: only the tasks the lanes hold are let go.
+    lanes = plan_lanes([1, 2, 3, 5], 3, 1)  # URL 0: columns 1, 2; URL 1: columns 0, 2
+    lane_of = lane_of_tasks(lanes, 6, 3)
+    assert {lanes[i].column: got for i, got in released_by_probe(lane_of, [0, 1], 1, 3).items()} == {0: [1], 2: [0, 1]}
+    assert released_by_probe(lane_of, [], 1, 3) == {} and released_by_probe(lane_of_tasks(lanes, 6, 1), [0], 0, 1) == {}
+
+
+def test_tasks_are_batched_in_full_batches_as_they_arrive() -> None:
+    batches: deque[list[int]] = deque()
+    batch_up(batches, range(5), 3)
+    assert list(batches) == [[0, 1, 2], [3, 4]]
+    batch_up(batches, [5, 6, 7, 8], 3)  # the short batch is filled up first
+    assert list(batches) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    batch_up(batches, [], 3)
+    assert len(batches) == 3
 
 
 def test_lanes_cover_every_task_once() -> None:
     for n_urls, n_pops, n_fetchers in [(10, 3, 2), (7, 1, 4), (100, 16, 6), (1, 2, 8), (5, 5, 5)]:
         lanes = plan_lanes(range(n_urls * n_pops), n_pops, n_fetchers)
-        tasks = [t for lane in lanes for batch in lane_batches(lane, n_pops, 3) for t in batch]
+        tasks = [t for lane in lanes for t in lane_tasks(lane, n_pops)]
         assert sorted(tasks) == list(range(n_urls * n_pops))
         assert all(0 <= lane.owner < n_fetchers for lane in lanes)
-        assert all(len(b) <= 3 for lane in lanes for b in lane_batches(lane, n_pops, 3))
 
 
 def test_every_fetcher_gets_work_and_pops_spread_evenly() -> None:
@@ -54,7 +104,7 @@ def test_every_fetcher_gets_work_and_pops_spread_evenly() -> None:
 
 def test_only_the_given_tasks_are_planned() -> None:
     lanes = plan_lanes([0, 1, 4, 5, 7], 2, 1)
-    tasks = sorted(t for lane in lanes for b in lane_batches(lane, 2, 10) for t in b)
+    tasks = sorted(t for lane in lanes for t in lane_tasks(lane, 2))
     assert tasks == [0, 1, 4, 5, 7]
     assert plan_lanes([], 2, 3) == []
 

@@ -71,3 +71,24 @@ def test_a_retry_jobs_tasks_are_stored_once_beside_its_urls(tmp_path: Path) -> N
     assert "selected" not in stored_meta  # the many metadata updates do not rewrite it
     reloaded = State(settings)
     assert reloaded.jobs["retry"].selected == selected and reloaded.progress("retry")["total_count"] == 2
+
+
+def test_the_size_probe_sets_sizes_and_a_restarted_coordinator_sees_whether_it_ended() -> None:
+    state = State(Settings(persist=False))
+    new_job(state, "probed", URLS, ["ATL56-C1", "DFW55-C3"])
+    state.set_plan("probed", ["ATL56-C1", "DFW55-C3"], {})
+    point = state.resume_point("probed")
+    assert point["phase"] == "queued" and list(point["pending"]) == list(range(6))
+    state.set_phase("probed", "probing")
+    # The probes' own GETs (URL i through POP i mod 2, task i * 2 + i % 2), recorded by the fetchers, and the
+    # other task of URL 2, whose probe answered 404, failed by the coordinator.
+    state.record("probed", [result_row(0, 200, nbytes=1000, attempts=1), result_row(3, 200, nbytes=30, attempts=1),
+                            result_row(4, 404, error_class="http_404", message="Not Found", attempts=1),
+                            result_row(5, 404, error_class="http_404", message="size probe through ATL56-C1")])
+    assert state.resume_point("probed")["phase"] == "probing"  # a coordinator restarted now probes again
+    state.set_sizes("probed", np.array([1000, 30, 0], dtype=np.int64))
+    state.set_phase("probed", "warming")
+    assert state.jobs["probed"].total_size == 2 * (1000 + 30)
+    point = state.resume_point("probed")
+    assert point["phase"] == "warming" and list(point["pending"]) == [1, 2]  # what the warming then fetches
+    assert state.jobs["probed"].table.failure_count == 2  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from prewarm.models import PrewarmRequest, RetryRequest, request_error
 from prewarm.pacing import Pacer, share_of
-from prewarm.plan import lane_batches, per_fetcher_limits, plan_lanes
+from prewarm.plan import lane_tasks, per_fetcher_limits, plan_lanes
 from prewarm.progress import TaskTable, is_hit, result_row
 from prewarm.report import cold_pairs, pop_table, report_csv
 from prewarm.store import Store
@@ -98,7 +98,7 @@ def test_lanes_cover_every_column_once() -> None:
     n_cols = 3 * 2  # 3 POPs x 2 variants
     tasks = list(range(5 * n_cols))
     lanes = plan_lanes(tasks, n_cols, 2)
-    ids = sorted(t for lane in lanes for batch in lane_batches(lane, n_cols, 4) for t in batch)
+    ids = sorted(t for lane in lanes for t in lane_tasks(lane, n_cols))
     assert ids == tasks
     assert {lane.column for lane in lanes} == set(range(n_cols))
 

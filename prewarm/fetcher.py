@@ -54,8 +54,8 @@ class Fetcher:
         return os.getpid()
 
     def _client(self, pop: str, addresses: list[str], limit: int, variant: int = 0) -> tuple[PopClient, WorkerPool]:
-        """The connections and workers for a (POP, variant) at a concurrency cap (a lane emptied by the probe
-        can change the caps of the warm-up)."""
+        """The connections and workers for a (POP, variant) at a concurrency cap: the lane's share of the POP's
+        cap, the same for its size probes and its other tasks, so they share one pool."""
         key = (pop, variant, limit)
         held = self._clients.get(key)
         if held is None or held[0].addresses != addresses:

@@ -14,7 +14,6 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -150,7 +149,7 @@ class Coordinator:
         if planned is None:
             pops = [r for r in resolved if not r.problem]
             if not pops:
-                await self.state.set_plan.remote(self.req_id, [], failures, np.zeros(len(req.url_list), np.int64))
+                await self.state.set_plan.remote(self.req_id, [], failures)
                 raise JobFailed(f"none of the {len(resolved)} targeted POPs could be resolved: "
                                 + "; ".join(f"{p}: {why}" for p, why in list(failures.items())[:5]))
             await starting
@@ -292,15 +291,9 @@ class Coordinator:
         """
         urls = self.request.url_list
         rps = share_of(self.request.max_rps, len(self.fetchers))
-        plan = probe_plan(lanes, n_cols, limits, self._batch_size(rps))
         lane_of = lane_of_tasks(lanes, len(urls) * n_cols, n_cols)
+        plan = probe_plan(lanes, lane_of, n_cols, limits, self._batch_size(rps))
         sizes = np.zeros(len(urls), dtype=np.int64)
-
-        def call(owner: int, chunk: ProbeChunk) -> Any:
-            pop, variant = divmod(chunk.column, self.n_variants)
-            return self.fetchers[owner].probe_batch.remote(
-                pops[pop].pop, pops[pop].addresses, one_piece((t, urls[t // n_cols]) for t in chunk.task_ids),
-                self.deadline, chunk.limit, variant, rps, self._phase(owner))
 
         async def learnt(chunk: ProbeChunk, batch: tuple[ProbeRow, ...]) -> None:
             through = pops[chunk.column // self.n_variants].pop
@@ -323,26 +316,25 @@ class Coordinator:
             if refused:
                 await self.state.record.remote(self.req_id, refused)
 
-        self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
-        await self._spread(call, [(chunk.owner, chunk) for chunk in plan], learnt)
-        await self.state.set_sizes.remote(self.req_id, sizes)
-
-    async def _spread(self, call: Any, work: list[tuple[int, Any]],
-                      each: Callable[[Any, Any], Awaitable[None]]) -> None:
-        """Run each (preferred fetcher, chunk), moving a chunk on to a survivor if its fetcher dies; ``each``
-        takes a chunk and its result as soon as it has one."""
-        async def run(preferred: int, chunk: Any) -> None:
+        async def run(chunk: ProbeChunk) -> None:
+            """The chunk on its lane's fetcher, or on a survivor if that one dies; then what it learnt."""
+            pop, variant = divmod(chunk.column, self.n_variants)
+            tasks = one_piece((t, urls[t // n_cols]) for t in chunk.task_ids)
             while True:
-                owner = self._alive_owner(preferred)
+                owner = self._alive_owner(chunk.owner)
                 try:
-                    result = await call(owner, chunk)
+                    batch = await self.fetchers[owner].probe_batch.remote(
+                        pops[pop].pop, pops[pop].addresses, tasks, self.deadline, chunk.limit, variant, rps,
+                        self._phase(owner))
                 except RayActorError:
                     self._mark_dead(owner)
                     continue
-                await each(chunk, result)
+                await learnt(chunk, batch)
                 return
 
-        await asyncio.gather(*(run(owner, chunk) for owner, chunk in work))
+        self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
+        await asyncio.gather(*(run(chunk) for chunk in plan))
+        await self.state.set_sizes.remote(self.req_id, sizes)
 
     def _alive_owner(self, preferred: int) -> int:
         alive = [i for i in range(len(self.fetchers)) if i not in self.dead]

@@ -78,30 +78,6 @@ class ProbeChunk:
     task_ids: list[int]
 
 
-def probe_plan(lanes: Sequence[Lane], n_cols: int, limits: Sequence[int], batch_size: int) -> list[ProbeChunk]:
-    """The size probe over a job's lanes: one task per URL, run before its others, in chunks of at most
-    ``batch_size``.
-
-    URL ``u``'s probe is its task in column ``cols[u mod len(cols)]`` of the columns the lanes hold for it
-    (the whole grid with one variant: POP ``u mod n``), run by the fetcher whose lane holds that task. So the
-    probe is spread over the POPs and fetchers as the warming is and uses the warming's own pools, and a probe
-    is a task's warm-up GET, not an extra request: the URL's other tasks follow once its chunk has answered
-    (``released_by_probe``).
-    """
-    held: dict[int, list[int]] = {}
-    for lane in lanes:
-        for u in lane.url_indices:
-            held.setdefault(u, []).append(lane.column)
-    probe_column = {u: sorted(cols)[u % len(cols)] for u, cols in held.items()}
-    chunks: list[ProbeChunk] = []
-    for lane in lanes:
-        col = lane.column
-        mine = [u * n_cols + col for u in lane.url_indices if probe_column[u] == col]
-        chunks += [ProbeChunk(col, lane.owner, limits[col], mine[s : s + batch_size])
-                   for s in range(0, len(mine), batch_size)]
-    return chunks
-
-
 def lane_of_tasks(lanes: Sequence[Lane], n_tasks: int, n_cols: int) -> np.ndarray:
     """Task id -> the id of the lane that holds it; -1 for a task no lane holds (not the job's, or done)."""
     lane_of = np.full(n_tasks, -1, dtype=np.int32)
@@ -110,23 +86,51 @@ def lane_of_tasks(lanes: Sequence[Lane], n_tasks: int, n_cols: int) -> np.ndarra
     return lane_of
 
 
+def probe_plan(lanes: Sequence[Lane], lane_of: np.ndarray, n_cols: int, limits: Sequence[int],
+               batch_size: int) -> list[ProbeChunk]:
+    """The size probe over a job's lanes (``lane_of``: ``lane_of_tasks`` of them): one task per URL, run before
+    its others, in chunks of at most ``batch_size``.
+
+    URL ``u``'s probe is its task in column ``cols[u mod len(cols)]`` of the columns the lanes hold for it
+    (the whole grid with one variant: POP ``u mod n``), run by the fetcher whose lane holds that task. So the
+    probe is spread over the POPs and fetchers as the warming is and uses the warming's own pools, and a probe
+    is a task's warm-up GET, not an extra request: the URL's other tasks follow once its chunk has answered
+    (``released_by_probe``).
+    """
+    held = lane_of.reshape(-1, n_cols) >= 0
+    counts = held.sum(axis=1)
+    urls = np.flatnonzero(counts)
+    held, counts = held[urls], counts[urls]
+    nth = (urls % counts + 1)[:, None]  # the probe's column is the URL's nth held one
+    columns = np.argmax(held & (np.cumsum(held, axis=1) == nth), axis=1)
+    tasks = urls * n_cols + columns
+    chunks: list[ProbeChunk] = []
+    for lane_id, mine in _by_lane(lane_of[tasks], tasks).items():
+        lane = lanes[lane_id]
+        chunks += [ProbeChunk(lane.column, lane.owner, limits[lane.column], mine[s : s + batch_size])
+                   for s in range(0, len(mine), batch_size)]
+    return chunks
+
+
 def released_by_probe(lane_of: np.ndarray, url_indices: Sequence[int], probe_column: int,
                       n_cols: int) -> dict[int, list[int]]:
     """What finished size probes let go: the probed URLs' tasks in every other column a lane holds, as lane id
     -> URL indices (in URL order). The probe's own column is left out: its task was the probe."""
     urls = np.asarray(url_indices, dtype=np.int64)
     cols = np.array([c for c in range(n_cols) if c != probe_column], dtype=np.int64)
-    if not len(urls) or not len(cols):
-        return {}
     tasks = (urls[:, None] * n_cols + cols[None, :]).ravel()
-    lanes = lane_of[tasks]
-    held = lanes >= 0
-    lanes, tasks = lanes[held], tasks[held]
-    order = np.argsort(lanes, kind="stable")
-    lanes, tasks = lanes[order], tasks[order]
-    bounds = np.flatnonzero(np.diff(lanes)) + 1
-    return {int(group[0]): (part // n_cols).tolist()
-            for group, part in zip(np.split(lanes, bounds), np.split(tasks, bounds), strict=True) if len(group)}
+    return {lane_id: [t // n_cols for t in mine] for lane_id, mine in _by_lane(lane_of[tasks], tasks).items()}
+
+
+def _by_lane(lane_ids: np.ndarray, tasks: np.ndarray) -> dict[int, list[int]]:
+    """Tasks grouped by the lane that holds them, in their order; tasks no lane holds (id -1) are dropped."""
+    held = lane_ids >= 0
+    lane_ids, tasks = lane_ids[held], tasks[held]
+    order = np.argsort(lane_ids, kind="stable")
+    lane_ids, tasks = lane_ids[order], tasks[order]
+    bounds = np.flatnonzero(np.diff(lane_ids)) + 1
+    return {int(group[0]): part.tolist()
+            for group, part in zip(np.split(lane_ids, bounds), np.split(tasks, bounds), strict=True) if len(group)}
 
 
 def interleave_by_node(fetchers_by_node: Sequence[Sequence[object]]) -> list[object]:

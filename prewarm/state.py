@@ -224,19 +224,13 @@ class State:
             self._persist(job)
 
     @writes
-    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str],
-                 url_sizes: np.ndarray | None = None) -> None:
-        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only.
-
-        ``url_sizes`` as for ``set_sizes``, when known already.
-        """
+    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str]) -> None:
+        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only."""
         job = self.jobs[req_id]
         if job.table is not None or job.final:
             return
         job.table = job.new_table(pops)
         job.pop_failures = dict(pop_failures)
-        if url_sizes is not None:
-            job.total_size = self._total_size(job.table, url_sizes)
         job.touch()
         self._persist(job)
 
@@ -250,14 +244,10 @@ class State:
         job = self.jobs[req_id]
         if job.table is None or job.final:
             return
-        job.total_size = self._total_size(job.table, url_sizes)
+        held = (~job.table.skipped).reshape(len(job.urls), -1).sum(axis=1)
+        job.total_size = int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
         job.touch()
         self._persist(job)
-
-    @staticmethod
-    def _total_size(table: TaskTable, url_sizes: np.ndarray) -> int:
-        held = (~table.skipped).reshape(len(table.urls), -1).sum(axis=1)
-        return int(np.dot(np.asarray(url_sizes, dtype=np.int64), held))
 
     @writes
     def set_nodes(self, req_id: str, node_ids: list[str]) -> None:

@@ -147,6 +147,20 @@ def test_a_crashed_coordinator_is_restarted_and_resumes(served: tuple[PrewarmCli
     assert_exact(client, req_id, total)
 
 
+def test_a_coordinator_crashed_while_probing_probes_again_and_resumes(served: tuple[PrewarmClient, str],
+                                                                     cdn: Testbed) -> None:
+    client, namespace = served
+    urls = [cdn.url(f"/fault/delay/300/probecrash-{i}") for i in range(600)]
+    req_id = client.prewarm(request_body(urls, instance_count=3, timeout=3))["request_id"]
+    # Killed while the probe runs and before any of it answered (200 probes per lane at 32 at once: ~2 s).
+    wait_until(lambda: client.progress(req_id)["phase"] == "probing", what="probing")
+    assert client.progress(req_id)["download_count"] == 0
+    ray.kill(ray.get_actor(coordinator_name(req_id), namespace=namespace), no_restart=False)
+    progress = assert_exact(client, req_id, len(urls) * len(SPEC_POPS))
+    # The restarted coordinator probed again: every URL's size is known (the first run had learnt none).
+    assert progress["total_size"] == progress["download_size"] > 0
+
+
 def test_a_coordinator_gone_for_good_fails_the_job_promptly(served: tuple[PrewarmClient, str],
                                                             cdn: Testbed) -> None:
     client, namespace = served

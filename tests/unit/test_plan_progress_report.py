@@ -24,7 +24,7 @@ def test_the_probe_runs_one_task_of_each_url_on_the_fetcher_of_its_lane() -> Non
         n_cols = n_pops * n_variants
         lanes = plan_lanes(range(n_urls * n_cols), n_cols, n_fetchers)
         limits = per_fetcher_limits(lanes, n_cols, 32, n_variants)
-        plan = probe_plan(lanes, n_cols, limits, batch_size=1024)
+        plan = probe_plan(lanes, lane_of_tasks(lanes, n_urls * n_cols, n_cols), n_cols, limits, batch_size=1024)
         probed = sorted(t for chunk in plan for t in chunk.task_ids)
         # One task per URL, in column u mod n_cols: with one variant, through POP u mod n_pops.
         assert probed == [u * n_cols + u % n_cols for u in range(n_urls)]
@@ -38,12 +38,12 @@ def test_the_probe_runs_one_task_of_each_url_on_the_fetcher_of_its_lane() -> Non
                 assert (chunk.owner, chunk.limit) == (lane.owner, limits[lane.column])
     # 4 POPs on 2 fetchers: each fetcher probes through its two POPs, at the whole cap of each: half the URLs.
     lanes = plan_lanes(range(5000 * 4), 4, 2)
-    plan = probe_plan(lanes, 4, per_fetcher_limits(lanes, 4, 32), 1024)
+    plan = probe_plan(lanes, lane_of_tasks(lanes, 5000 * 4, 4), 4, per_fetcher_limits(lanes, 4, 32), 1024)
     assert {(c.column, c.owner, c.limit) for c in plan} == {(0, 0, 32), (1, 1, 32), (2, 0, 32), (3, 1, 32)}
     assert sum(len(c.task_ids) for c in plan if c.owner == 0) == 2500
     # One POP on 2 fetchers: both probe through it, each at half its cap, each half of the URLs.
     lanes = plan_lanes(range(5000), 1, 2)
-    plan = probe_plan(lanes, 1, per_fetcher_limits(lanes, 1, 32), 1024)
+    plan = probe_plan(lanes, lane_of_tasks(lanes, 5000, 1), 1, per_fetcher_limits(lanes, 1, 32), 1024)
     assert {c.limit for c in plan} == {16}
     assert [sum(len(c.task_ids) for c in plan if c.owner == f) for f in (0, 1)] == [2500, 2500]
 
@@ -51,15 +51,18 @@ def test_the_probe_runs_one_task_of_each_url_on_the_fetcher_of_its_lane() -> Non
 def test_a_partial_grid_probes_each_url_once_among_the_tasks_it_holds() -> None:
     # A retry job (or a resumed one): URL 0 holds columns 1 and 2, URL 1 column 0 alone, URL 2 nothing.
     lanes = plan_lanes([1, 2, 3], 3, 2)
-    plan = probe_plan(lanes, 3, per_fetcher_limits(lanes, 3, 32), 1024)
+    plan = probe_plan(lanes, lane_of_tasks(lanes, 9, 3), 3, per_fetcher_limits(lanes, 3, 32), 1024)
     assert sorted(t for c in plan for t in c.task_ids) == [1, 3]  # URL 0: cols [1, 2][0 mod 2]; URL 1: col 0
+    lanes = plan_lanes([1, 2, 3, 5], 3, 2)  # URL 1 now holds columns 0 and 2: its probe is the second, [0, 2][1 mod 2]
+    plan = probe_plan(lanes, lane_of_tasks(lanes, 9, 3), 3, per_fetcher_limits(lanes, 3, 32), 1024)
+    assert sorted(t for c in plan for t in c.task_ids) == [1, 5]
 
 
 def test_each_probe_chunk_lets_go_its_urls_other_tasks_once_to_the_lanes_that_hold_them() -> None:
     for n_urls, n_cols, n_fetchers in [(10, 4, 2), (7, 1, 3), (25, 3, 4), (3, 5, 2)]:
         lanes = plan_lanes(range(n_urls * n_cols), n_cols, n_fetchers)
         lane_of = lane_of_tasks(lanes, n_urls * n_cols, n_cols)
-        plan = probe_plan(lanes, n_cols, per_fetcher_limits(lanes, n_cols, 32), 4)
+        plan = probe_plan(lanes, lane_of, n_cols, per_fetcher_limits(lanes, n_cols, 32), 4)
         released: list[int] = []
         for chunk in plan:
             urls = [t // n_cols for t in chunk.task_ids]

@@ -39,10 +39,12 @@ def test_total_count_before_the_plan_counts_variants_and_a_retry_selection() -> 
 def test_a_retry_job_total_size_counts_only_the_pairs_it_holds() -> None:
     state = State(Settings(persist=False))
     new_job(state, "retry", URLS[:2], ["ATL56-C1", "DFW55-C3"], selected=[(0, "ATL56-C1", 0), (1, "DFW55-C3", 0)])
-    state.set_plan("retry", ["ATL56-C1", "DFW55-C3"], {}, np.array([1000, 30], dtype=np.int64))
+    state.set_plan("retry", ["ATL56-C1", "DFW55-C3"], {})
+    state.set_sizes("retry", np.array([1000, 30], dtype=np.int64))
     assert state.jobs["retry"].total_size == 1000 + 30  # not (1000 + 30) x 2 POPs
     new_job(state, "plain", URLS, ["ATL56-C1", "DFW55-C3"], variants=2)
-    state.set_plan("plain", ["ATL56-C1", "DFW55-C3"], {}, np.array([1, 10, 100], dtype=np.int64))
+    state.set_plan("plain", ["ATL56-C1", "DFW55-C3"], {})
+    state.set_sizes("plain", np.array([1, 10, 100], dtype=np.int64))
     assert state.jobs["plain"].total_size == 111 * 4
 
 
@@ -50,7 +52,8 @@ def test_a_retry_of_a_retry_takes_only_the_pairs_it_held_at_an_unresolvable_pop(
     state = State(Settings(persist=False))
     # The retry job held (0, ATL) and (1, DFW); DFW could not be resolved this time, ATL succeeded.
     new_job(state, "retry", URLS[:2], ["ATL56-C1", "DFW55-C3"], selected=[(0, "ATL56-C1", 0), (1, "DFW55-C3", 0)])
-    state.set_plan("retry", ["ATL56-C1"], {"DFW55-C3": "NXDOMAIN"}, np.array([10, 10], dtype=np.int64))
+    state.set_plan("retry", ["ATL56-C1"], {"DFW55-C3": "NXDOMAIN"})
+    state.set_sizes("retry", np.array([10, 10], dtype=np.int64))
     state.record("retry", [result_row(0, 200, x_cache="Miss from cloudfront", address="127.0.0.1", nbytes=10,
                                       attempts=1)])
     state.finish("retry", "FINISHED")

@@ -25,6 +25,9 @@ MAX_HEAD_BYTES = 64 * 1024
 """Longest status line plus headers accepted: past it the answer is not HTTP we can trust."""
 IDLE_TIMEOUT_S = 30.0
 """An idle pooled connection older than this is closed rather than reused (edges drop them anyway)."""
+DEADLINE_CHECK_S = 0.05
+"""How often a pool with exchanges in flight looks for passed deadlines: an exchange fails at most this
+late. One check per pool replaces a timer per request, which cost ~6% of a cached fetch's CPU."""
 _NO_BODY_STATUSES = frozenset({204, 304})
 _TARGET_SAFE = "!$%&'()*+,/:;=?@~"
 _NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
@@ -148,14 +151,14 @@ class Connection(asyncio.Protocol):
         self.used = 0
         self.idle_since = 0.0
         self._waiter: asyncio.Future[Response] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # of the exchange in flight (its pool's deadline check enforces it)
         self._state = _IDLE
         self._buf = b""
         self._head_only = False
         self._remaining = 0
         self._received = False
         self._resp: Response | None = None
-        self._timeout_message = ""
+        self._timeout_s = 0.0
 
     # asyncio.Protocol
 
@@ -209,8 +212,9 @@ class Connection(asyncio.Protocol):
 
     # requests
 
-    def request(self, head: bytes, head_only: bool, deadline: float, timeout_message: str) -> asyncio.Future[Response]:
-        """Send one request; the future resolves with its answer or fails with a :class:`WireError`."""
+    def request(self, head: bytes, head_only: bool, deadline: float, timeout_s: float) -> asyncio.Future[Response]:
+        """Send one request; the future resolves with its answer or fails with a :class:`WireError`
+        (``timeout_s``, the exchange's whole allowance, is only for the message if ``deadline`` passes)."""
         waiter = self.loop.create_future()
         self._waiter = waiter
         self._state = _HEAD
@@ -218,25 +222,26 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self._received = False
         self._resp = None
-        self._timeout_message = timeout_message
+        self._timeout_s = timeout_s
         self.used += 1
-        self._timer = self.loop.call_at(deadline, self._on_timeout)
+        self.deadline = deadline
         assert self.transport is not None
         self.transport.write(head)
         return waiter
 
+    @property
+    def in_flight(self) -> bool:
+        return self._waiter is not None and not self._waiter.done()
+
     def close(self) -> None:
         self.closed = True
         self.reusable = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
-    def _on_timeout(self) -> None:
-        self._timer = None
-        self._fail(WireError("fetch_timeout", self._timeout_message))
+    def expire(self) -> None:
+        """The exchange's deadline passed: fail it and drop the connection (its answer may still come)."""
+        self._fail(WireError("fetch_timeout", f"no complete answer within {self._timeout_s:g} s"))
         self.closed = True
         self.reusable = False
         if self.transport is not None:
@@ -256,11 +261,8 @@ class Connection(asyncio.Protocol):
         self._finish(resp)
 
     def _settle(self) -> asyncio.Future[Response] | None:
-        """End the exchange (idle, timer off); the request's future if it still waits for an outcome."""
+        """End the exchange (idle); the request's future if it still waits for an outcome."""
         self._state = _IDLE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         waiter = self._waiter
         return waiter if waiter is not None and not waiter.done() else None
 
@@ -402,19 +404,21 @@ class Pool:
         self._max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._all: set[Connection] = set()
+        self._check: asyncio.TimerHandle | None = None
 
-    async def acquire(self, target: Target, deadline: float, fresh: bool = False) -> tuple[Connection, bool]:
-        """A connection for ``target`` and whether it was reused (an idle one, if alive and not too old)."""
-        loop = asyncio.get_running_loop()
-        idle = None if fresh else self._idle.get((target.scheme, target.host, target.port))
-        now = loop.time()
+    def take(self, target: Target) -> Connection | None:
+        """An idle connection for ``target`` that is alive and not too old, or None (no await: the common case)."""
+        idle = self._idle.get((target.scheme, target.host, target.port))
+        if not idle:
+            return None
+        now = idle[-1].loop.time()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
-                return conn, True
+                return conn
             conn.close()
             self._all.discard(conn)
-        return await self._connect(loop, target, deadline), False
+        return None
 
     def release(self, target: Target, conn: Connection) -> None:
         """Back to the pool if the exchange left it clean; otherwise closed."""
@@ -430,17 +434,41 @@ class Pool:
         conn.idle_since = conn.loop.time()
         idle.append(conn)
 
+    def watch(self) -> None:
+        """Make sure the deadlines of this pool's exchanges in flight are checked (call after a request)."""
+        if self._check is None:
+            self._check = asyncio.get_running_loop().call_later(DEADLINE_CHECK_S, self._expire_passed)
+
+    def _expire_passed(self) -> None:
+        """Fail every exchange past its deadline; check again later while any is still in flight."""
+        self._check = None
+        now = asyncio.get_running_loop().time()
+        waiting = False
+        for conn in list(self._all):
+            if conn.in_flight:
+                if now >= conn.deadline:
+                    conn.expire()
+                else:
+                    waiting = True
+        if waiting:
+            self.watch()
+
     def discard(self, conn: Connection) -> None:
         conn.close()
         self._all.discard(conn)
 
     def close(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         for conn in self._all:
             conn.close()
         self._all.clear()
         self._idle.clear()
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, target: Target, deadline: float) -> Connection:
+    async def connect(self, target: Target, deadline: float) -> Connection:
+        """A new connection for ``target``, open within the connect timeout and ``deadline``."""
+        loop = asyncio.get_running_loop()
         timeout = min(self._connect_timeout_s, deadline - loop.time())
         tls = target.scheme == "https"
         try:
@@ -469,18 +497,20 @@ async def exchange(pool: Pool, target: Target, head: bytes, head_only: bool, tim
     A reused connection that closes before any byte of the answer is replaced once by a fresh one, as
     aiohttp does: the edge closed it while idle, so the request never reached it (not an attempt).
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    message = f"no complete answer within {timeout_s:g} s"
-    fresh = False
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    conn = pool.take(target)
     while True:
-        conn, reused = await pool.acquire(target, deadline, fresh)
+        reused = conn is not None
+        if conn is None:
+            conn = await pool.connect(target, deadline)
         try:
-            resp = await conn.request(head, head_only, deadline, message)
+            answer = conn.request(head, head_only, deadline, timeout_s)
+            pool.watch()
+            resp = await answer
         except WireError as exc:
             pool.discard(conn)
             if reused and exc.stale:
-                fresh = True
+                conn = None  # a fresh one, not another idle one that may be as stale
                 continue
             raise
         except BaseException:  # cancelled: the connection is mid-exchange, never reuse it

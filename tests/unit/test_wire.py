@@ -8,6 +8,7 @@ silence, resets, refusals, bad certificates) and keep-alive behaviour are exerci
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -17,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from prewarm.fetch import FetchResult, PopClient, age_seconds
+from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds
 from prewarm.settings import Settings
-from prewarm.wire import Response, Target, build_head, header_block, target_of
+from prewarm.wire import DEADLINE_CHECK_S, Pool, Response, Target, build_head, exchange, header_block, target_of
 
 HOST = "www.example.com"
 Respond = Callable[[bytes, int], "bytes | tuple[bytes, bool] | None"]
@@ -230,6 +231,78 @@ def test_a_stalled_body_is_a_fetch_timeout() -> None:
 
     results, _ = fetch_all(respond, ["/a"], fetch_timeout_s=0.2, attempts=1)
     assert results[0].error_class == "fetch_timeout"
+
+
+def test_one_deadline_check_per_pool_fails_each_exchange_on_time_and_stops_when_none_is_in_flight() -> None:
+    """Deadlines are enforced by the pool's periodic check, not a timer per request: a silent exchange still
+    fails within the check's period of its own deadline while a quick one beside it succeeds, and the check
+    stops once nothing is in flight (no timer left behind on an idle pool)."""
+
+    async def main() -> tuple[float, list[Any], bool, bool]:
+        async with serving(lambda head, n: None if b"/silent" in head else ok()) as server:
+            pool = Pool("127.0.0.1", ssl.create_default_context(), 1.0)
+            loop = asyncio.get_running_loop()
+
+            async def one(path: str, timeout_s: float) -> Any:
+                target = Target(f"http://{HOST}:{server.port}{path}")
+                try:
+                    return await exchange(pool, target, build_head("GET", target, header_block({})), False,
+                                          timeout_s)
+                except Exception as exc:
+                    return exc
+
+            start = loop.time()
+            silent = asyncio.ensure_future(one("/silent", 0.3))
+            quick = [await one("/quick", 0.3) for _ in range(3)]
+            checking = pool._check is not None  # the silent exchange is still in flight
+            answers = [await silent, *quick]
+            elapsed = loop.time() - start
+            await asyncio.sleep(DEADLINE_CHECK_S * 3)
+            idle = pool._check is None
+            pool.close()
+            return elapsed, answers, checking, idle
+
+    elapsed, answers, checking, idle = asyncio.run(main())
+    timed_out, *quick = answers
+    assert getattr(timed_out, "error_class", None) == "fetch_timeout" and "0.3 s" in timed_out.message
+    assert 0.3 <= elapsed < 0.3 + DEADLINE_CHECK_S + 0.25
+    assert all(isinstance(r, Response) and r.status == 200 and r.nbytes == 1024 for r in quick)
+    assert checking and idle
+
+
+def test_slots_hand_a_freed_slot_to_the_first_waiter_and_never_lose_one_to_a_cancelled_waiter() -> None:
+    async def main() -> list[str]:
+        slots = Slots(1)
+        order: list[str] = []
+        await slots.acquire()  # the only slot is taken
+
+        async def waiter(name: str) -> None:
+            await slots.acquire()
+            order.append(name)
+
+        first, gone, second = (asyncio.ensure_future(waiter(n)) for n in ("first", "gone", "second"))
+        await asyncio.sleep(0)
+        gone.cancel()  # cancelled while waiting: it must not keep a place or a slot
+        await asyncio.sleep(0)
+        slots.release()  # to "first", not to the free count
+        await first
+        assert slots.free == 0 and order == ["first"]
+        slots.release()  # to "second" ("gone" is skipped)
+        await second
+        # Handed a slot and cancelled before it ran: the slot passes on instead of leaking.
+        late = asyncio.ensure_future(waiter("late"))
+        await asyncio.sleep(0)
+        slots.release()
+        late.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await late
+        assert slots.free == 1 and not slots.waiters
+        await slots.acquire()
+        slots.release()
+        assert slots.free == 1
+        return order
+
+    assert asyncio.run(main()) == ["first", "second"]
 
 
 def test_refused_connection_is_a_connection_error() -> None:

@@ -94,7 +94,7 @@ async def floor_rps(tb: Testbed, pops: list[str], urls: list[str], per_pop: int)
              for u in urls]
 
     async def connection(address: str, share: list[bytes]) -> None:
-        transport, conn = await loop.create_connection(_FloorConnection, address, 80)
+        transport, conn = await asyncio.wait_for(loop.create_connection(_FloorConnection, address, 80), 10)
         try:
             for head in share:
                 conn.done = loop.create_future()

@@ -170,9 +170,7 @@ class PopClient:
         self._next += 1
         attempts = max(1, self._settings.attempts)
         slots = self.slots
-        if slots.free and not slots.waiters:  # a slot at once: no await, no waiter (the common case)
-            slots.free -= 1
-        else:
+        if not slots.take():  # a free slot is taken without awaiting (the common case)
             await slots.acquire()
         try:
             for attempt in range(1, attempts + 1):
@@ -231,10 +229,16 @@ class Slots:
         self.free = size
         self.waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
-        """Wait for a slot (first come, first served); the caller then owns it until ``release``."""
+    def take(self) -> bool:
+        """Take a free slot now if there is one nobody waits for; the caller then owns it until ``release``."""
         if self.free and not self.waiters:
             self.free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Wait for a slot (first come, first served); the caller then owns it until ``release``."""
+        if self.take():
             return
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)

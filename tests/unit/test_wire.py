@@ -274,7 +274,7 @@ def test_slots_hand_a_freed_slot_to_the_first_waiter_and_never_lose_one_to_a_can
     async def main() -> list[str]:
         slots = Slots(1)
         order: list[str] = []
-        await slots.acquire()  # the only slot is taken
+        assert slots.take() and not slots.take()  # the only slot is taken at once; no second one
 
         async def waiter(name: str) -> None:
             await slots.acquire()

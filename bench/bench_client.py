@@ -64,13 +64,9 @@ class _FloorConnection(asyncio.Protocol):
     """One keep-alive connection that only finds the end of each answer (Content-Length framing)."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[None] | None = None
         self.buf = b""
         self.need = -1
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

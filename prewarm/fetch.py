@@ -168,7 +168,7 @@ class PopClient:
         head = build_head(method, target, self._block)
         first = self._next
         self._next += 1
-        attempts = max(1, self._settings.attempts)
+        attempts = self._settings.attempts
         slots = self.slots
         if not slots.take():  # a free slot is taken without awaiting (the common case)
             await slots.acquire()

@@ -59,14 +59,17 @@ class Settings:
         env = dict(os.environ if env is None else env)
         base = cls()
 
-        def num(name: str, default: float, kind: type = int) -> float:
+        def num(name: str, default: float, kind: type = int, minimum: float | None = None) -> float:
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 return default
             try:
-                return kind(raw)
+                value = kind(raw)
             except ValueError as exc:
                 raise ValueError(f"setting {name}={raw!r} is not a valid {kind.__name__}") from exc
+            if minimum is not None and value < minimum:
+                raise ValueError(f"setting {name}={raw!r} must be at least {minimum:g}")
+            return value
 
         return cls(
             api_keys=_csv(env.get("PREWARM_API_KEYS")),
@@ -82,7 +85,7 @@ class Settings:
             fetch_timeout_s=float(num("PREWARM_FETCH_TIMEOUT", base.fetch_timeout_s, float)),
             connect_timeout_s=float(num("PREWARM_CONNECT_TIMEOUT", base.connect_timeout_s, float)),
             dns_timeout_s=float(num("PREWARM_DNS_TIMEOUT", base.dns_timeout_s, float)),
-            attempts=int(num("PREWARM_ATTEMPTS", base.attempts)),
+            attempts=int(num("PREWARM_ATTEMPTS", base.attempts, minimum=1)),  # 0 would fetch nothing
             backoff_base_s=float(num("PREWARM_BACKOFF_BASE", base.backoff_base_s, float)),
             retry_after_cap_s=float(num("PREWARM_RETRY_AFTER_CAP", base.retry_after_cap_s, float)),
             max_concurrency=int(num("PREWARM_MAX_CONCURRENCY", base.max_concurrency)),

@@ -53,3 +53,6 @@ def test_settings_from_env() -> None:
     assert Settings.from_env({"PREWARM_COORDINATOR_SILENCE_TIMEOUT": "12.5"}).coordinator_silence_s == 12.5
     with pytest.raises(ValueError, match="PREWARM_MAX_URLS"):
         Settings.from_env({"PREWARM_MAX_URLS": "many"})
+    assert Settings.from_env({"PREWARM_ATTEMPTS": "1"}).attempts == 1
+    with pytest.raises(ValueError, match="PREWARM_ATTEMPTS='0' must be at least 1"):
+        Settings.from_env({"PREWARM_ATTEMPTS": "0"})  # a fetch with no attempt would count as warmed

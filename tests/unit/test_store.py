@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prewarm.store import Store
@@ -12,12 +13,18 @@ def test_jobs_and_results_round_trip(tmp_path: Path) -> None:
     failed = (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope")
     store.save_results("a", [failed, (0, 200, "Hit", "x", 5, 1, 1.0, "", "")])
     store.save_results("a", [(0, 500, "", "", 0, 3, 0.0, "http_500", "dup")])  # a repeat is ignored
+    store.save_results("a", [(np.int64(2), 200, "Miss", "x", 7, 2, 0.5, "", "", "Hit", 3, 1)])  # a numpy task id
+    store.save_results("a", [])
     store.save_job("a", {"status": "FINISHED"})
+    store.save_job("b", {"status": "IN_PROGRESS"}, ["v0"])
+    store.save_results("b", [(0, 200, "Hit", "y", 1, 1, 0.1, "", "")])
     store.close()
-    [(req_id, meta, urls, rows)] = list(Store(tmp_path).jobs())
+    [(req_id, meta, urls, rows), (_, _, _, rows_b)] = list(Store(tmp_path).jobs())
     assert (req_id, meta, urls) == ("a", {"status": "FINISHED"}, ["u0", "u1"])
     assert rows == [(0, 200, "Hit", "x", 5, 1, 1.0, "", "", "", -1, 0),
-                    (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope", "", -1, 0)]
+                    (1, 404, "", "1.2.3.4", 0, 1, 3.5, "http_404", "nope", "", -1, 0),
+                    (2, 200, "Miss", "x", 7, 2, 0.5, "", "", "Hit", 3, 1)]
+    assert rows_b == [(0, 200, "Hit", "y", 1, 1, 0.1, "", "", "", -1, 0)]  # each job only its own results
 
 
 def test_report_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds
+from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds, ssl_context
 from prewarm.settings import Settings
 from prewarm.wire import DEADLINE_CHECK_S, Pool, Response, Target, build_head, exchange, header_block, target_of
 
@@ -448,6 +448,37 @@ def test_tls_sends_the_urls_host_as_sni_and_verifies_it(tls_files: Any) -> None:
 def test_tls_refuses_an_unverified_edge(tls_files: Any, host: str, with_ca: bool) -> None:
     r, server = tls_fetch(tls_files, host, str(tls_files.ca_cert) if with_ca else None)
     assert r.error_class == "tls" and "CERTIFICATE_VERIFY_FAILED" in r.error_message and not server.heads
+
+
+def test_each_trust_store_is_loaded_once_per_process_and_still_verifies(
+        tls_files: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetcher keeps a client per POP; loading the system trust store costs ~57 ms of CPU, so it is loaded
+    once per process and bundle, and the shared context still verifies each edge against the URL's host."""
+    loads: list[str | None] = []
+    create = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        if not args:  # a client context (the test server's own is made with Purpose.CLIENT_AUTH)
+            loads.append(kwargs.get("cafile"))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    ssl_context.cache_clear()
+    try:
+        ca = str(tls_files.ca_cert)
+        for i in range(5):
+            PopClient(f"TST{i}-P1", ["127.0.0.1"], settings(ca_bundle=ca), {})
+            PopClient(f"TST{i}-P1", ["127.0.0.1"], settings(), {})
+        assert loads == [ca, None]
+        r, server = tls_fetch(tls_files, HOST, ca)
+        assert r.ok and r.nbytes == 1024 and server.sni == [HOST]
+        r, server = tls_fetch(tls_files, "other.example.org", ca)
+        assert r.error_class == "tls" and "CERTIFICATE_VERIFY_FAILED" in r.error_message and not server.heads
+        r, server = tls_fetch(tls_files, HOST, None)  # the system store does not know the test CA
+        assert r.error_class == "tls" and not server.heads
+        assert loads == [ca, None]
+    finally:
+        ssl_context.cache_clear()
 
 
 def test_target_of_remembers_a_urls_target_and_still_refuses_bad_urls() -> None:

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 
 import ray
 
-from prewarm.fetch import PopClient, ssl_context
+from prewarm.fetch import PopClient, preload_trust_store
 from prewarm.metrics import record_batch
 from prewarm.pacing import Pacer
 from prewarm.progress import NO_X_CACHE, ResultRow, is_hit, one_piece
@@ -36,7 +36,7 @@ class Fetcher:
         self._clients: dict[tuple[str, int, int], tuple[PopClient, WorkerPool]] = {}
         self._pacer = Pacer()
         self._state = get_state_actor(settings)
-        ssl_context(settings.ca_bundle)  # the trust store is loaded while a fetcher waits for its job, not in it
+        preload_trust_store(settings.ca_bundle)  # while the fetcher waits for its job, not in it
 
     def bind(self, variant_headers: list[dict[str, str]], verify: bool = False, until_hit: int = 0) -> str:
         """Take the job's fetch options (a fetcher may be started before its job arrives); returns the node id.

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds, ssl_context
+from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds, preload_trust_store, ssl_context
 from prewarm.settings import Settings
 from prewarm.wire import DEADLINE_CHECK_S, Pool, Response, Target, build_head, exchange, header_block, target_of
 
@@ -466,6 +466,7 @@ def test_each_trust_store_is_loaded_once_per_process_and_still_verifies(
     ssl_context.cache_clear()
     try:
         ca = str(tls_files.ca_cert)
+        preload_trust_store(ca)  # as a fetcher does when it starts
         for i in range(5):
             PopClient(f"TST{i}-P1", ["127.0.0.1"], settings(ca_bundle=ca), {})
             PopClient(f"TST{i}-P1", ["127.0.0.1"], settings(), {})
@@ -479,6 +480,14 @@ def test_each_trust_store_is_loaded_once_per_process_and_still_verifies(
         assert loads == [ca, None]
     finally:
         ssl_context.cache_clear()
+
+
+def test_a_bundle_that_cannot_load_fails_the_client_not_the_preload(tmp_path: Path) -> None:
+    """A fetcher must start even with a bad PREWARM_CA_BUNDLE, so that the job fails with the reason."""
+    missing = str(tmp_path / "missing.pem")
+    preload_trust_store(missing)
+    with pytest.raises(FileNotFoundError):
+        PopClient("TST1-P1", ["127.0.0.1"], settings(ca_bundle=missing), {})
 
 
 def test_target_of_remembers_a_urls_target_and_still_refuses_bad_urls() -> None:

@@ -7,6 +7,7 @@ environment the raylet happened to inherit.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ class Settings:
         env = dict(os.environ if env is None else env)
         base = cls()
 
-        def num(name: str, default: float, kind: type = int, minimum: float | None = None) -> float:
+        def num(name: str, default: float, kind: type = int, least: float = 0, above: bool = False) -> float:
+            """The setting as ``kind``, refused unless finite and at least ``least`` (``above``: more than it)."""
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 return default
@@ -67,8 +69,10 @@ class Settings:
                 value = kind(raw)
             except ValueError as exc:
                 raise ValueError(f"setting {name}={raw!r} is not a valid {kind.__name__}") from exc
-            if minimum is not None and value < minimum:
-                raise ValueError(f"setting {name}={raw!r} must be at least {minimum:g}")
+            if not math.isfinite(value):
+                raise ValueError(f"setting {name}={raw!r} is not a finite number")
+            if value < least or (above and value == least):
+                raise ValueError(f"setting {name}={raw!r} must be {'more than' if above else 'at least'} {least:g}")
             return value
 
         return cls(
@@ -79,28 +83,28 @@ class Settings:
             state_dir=env.get("PREWARM_STATE_DIR") or base.state_dir,
             namespace=env.get("PREWARM_NAMESPACE") or base.namespace,
             persist=_flag(env.get("PREWARM_PERSIST", "1")),
-            max_urls=int(num("PREWARM_MAX_URLS", base.max_urls)),
-            max_body_bytes=int(num("PREWARM_MAX_BODY_BYTES", base.max_body_bytes)),
-            max_url_length=int(num("PREWARM_MAX_URL_LENGTH", base.max_url_length)),
-            fetch_timeout_s=float(num("PREWARM_FETCH_TIMEOUT", base.fetch_timeout_s, float)),
-            connect_timeout_s=float(num("PREWARM_CONNECT_TIMEOUT", base.connect_timeout_s, float)),
-            dns_timeout_s=float(num("PREWARM_DNS_TIMEOUT", base.dns_timeout_s, float)),
-            attempts=int(num("PREWARM_ATTEMPTS", base.attempts, minimum=1)),  # 0 would fetch nothing
+            max_urls=int(num("PREWARM_MAX_URLS", base.max_urls, least=1)),
+            max_body_bytes=int(num("PREWARM_MAX_BODY_BYTES", base.max_body_bytes, least=1)),
+            max_url_length=int(num("PREWARM_MAX_URL_LENGTH", base.max_url_length, least=1)),
+            fetch_timeout_s=float(num("PREWARM_FETCH_TIMEOUT", base.fetch_timeout_s, float, above=True)),
+            connect_timeout_s=float(num("PREWARM_CONNECT_TIMEOUT", base.connect_timeout_s, float, above=True)),
+            dns_timeout_s=float(num("PREWARM_DNS_TIMEOUT", base.dns_timeout_s, float, above=True)),
+            attempts=int(num("PREWARM_ATTEMPTS", base.attempts, least=1)),  # 0 would fetch nothing
             backoff_base_s=float(num("PREWARM_BACKOFF_BASE", base.backoff_base_s, float)),
             retry_after_cap_s=float(num("PREWARM_RETRY_AFTER_CAP", base.retry_after_cap_s, float)),
-            max_concurrency=int(num("PREWARM_MAX_CONCURRENCY", base.max_concurrency)),
-            batch_size=int(num("PREWARM_BATCH_SIZE", base.batch_size)),
+            max_concurrency=int(num("PREWARM_MAX_CONCURRENCY", base.max_concurrency, least=1)),
+            batch_size=int(num("PREWARM_BATCH_SIZE", base.batch_size, least=1)),
             fetchers_per_node=int(num("PREWARM_FETCHERS_PER_NODE", base.fetchers_per_node)),
-            max_active_jobs=int(num("PREWARM_MAX_ACTIVE_JOBS", base.max_active_jobs)),
+            max_active_jobs=int(num("PREWARM_MAX_ACTIVE_JOBS", base.max_active_jobs, least=1)),
             standby=_flag(env.get("PREWARM_STANDBY", "1")),
             coordinator_silence_s=float(num("PREWARM_COORDINATOR_SILENCE_TIMEOUT", base.coordinator_silence_s,
-                                            float)),
+                                            float, above=True)),
             report_bucket=env.get("PREWARM_REPORT_BUCKET") or None,
             report_prefix=env.get("PREWARM_REPORT_PREFIX", base.report_prefix),
-            report_url_expiry_s=int(num("PREWARM_REPORT_URL_EXPIRY", base.report_url_expiry_s)),
+            report_url_expiry_s=int(num("PREWARM_REPORT_URL_EXPIRY", base.report_url_expiry_s, least=1)),
             webhook_secret=env.get("PREWARM_WEBHOOK_SECRET") or None,
             webhook_window_s=float(num("PREWARM_WEBHOOK_WINDOW", base.webhook_window_s, float)),
-            webhook_timeout_s=float(num("PREWARM_WEBHOOK_TIMEOUT", base.webhook_timeout_s, float)),
+            webhook_timeout_s=float(num("PREWARM_WEBHOOK_TIMEOUT", base.webhook_timeout_s, float, above=True)),
             webhook_backoff_s=float(num("PREWARM_WEBHOOK_BACKOFF_BASE", base.webhook_backoff_s, float)),
         )
 

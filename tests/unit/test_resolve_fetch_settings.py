@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from prewarm.fetch import backoff_delay, retry_after_seconds
@@ -56,3 +58,30 @@ def test_settings_from_env() -> None:
     assert Settings.from_env({"PREWARM_ATTEMPTS": "1"}).attempts == 1
     with pytest.raises(ValueError, match="PREWARM_ATTEMPTS='0' must be at least 1"):
         Settings.from_env({"PREWARM_ATTEMPTS": "0"})  # a fetch with no attempt would count as warmed
+
+
+
+@pytest.mark.parametrize(("name", "bad", "why"), [
+    ("PREWARM_BATCH_SIZE", "0", "must be at least 1"),  # the lanes' batches would be cut into nothing
+    ("PREWARM_MAX_CONCURRENCY", "0", "must be at least 1"),
+    ("PREWARM_MAX_ACTIVE_JOBS", "-2", "must be at least 1"),
+    ("PREWARM_MAX_URLS", "0", "must be at least 1"),
+    ("PREWARM_FETCH_TIMEOUT", "0", "must be more than 0"),  # every fetch would time out
+    ("PREWARM_CONNECT_TIMEOUT", "-1", "must be more than 0"),
+    ("PREWARM_DNS_TIMEOUT", "nan", "is not a finite number"),
+    ("PREWARM_WEBHOOK_TIMEOUT", "inf", "is not a finite number"),  # every network call has a time limit
+    ("PREWARM_COORDINATOR_SILENCE_TIMEOUT", "0", "must be more than 0"),
+    ("PREWARM_REPORT_URL_EXPIRY", "0", "must be at least 1"),
+    ("PREWARM_BACKOFF_BASE", "-0.5", "must be at least 0"),
+    ("PREWARM_FETCHERS_PER_NODE", "-1", "must be at least 0"),
+])
+def test_a_numeric_setting_out_of_its_range_is_refused_by_name(name: str, bad: str, why: str) -> None:
+    with pytest.raises(ValueError, match=f"setting {name}='{re.escape(bad)}' {why}"):
+        Settings.from_env({name: bad})
+
+
+def test_numeric_settings_at_their_limits_are_taken() -> None:
+    s = Settings.from_env({"PREWARM_BATCH_SIZE": "1", "PREWARM_FETCH_TIMEOUT": "0.5", "PREWARM_BACKOFF_BASE": "0",
+                           "PREWARM_FETCHERS_PER_NODE": "0", "PREWARM_WEBHOOK_WINDOW": "0"})
+    assert (s.batch_size, s.fetch_timeout_s, s.backoff_base_s, s.fetchers_per_node, s.webhook_window_s) == (
+        1, 0.5, 0.0, 0, 0.0)

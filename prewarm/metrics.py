@@ -1,7 +1,7 @@
 """Prometheus metrics through ``ray.util.metrics``: they appear on Ray's metrics endpoint and dashboard.
 
-Recorded per batch where possible (counters are added in one call per POP and outcome), per fetch only
-for the latency histogram.
+Recorded per batch: counters are added in one call per POP and outcome, and the latency histogram gets a
+sample of the batch's fetches (``latency_sample``), not every one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ if TYPE_CHECKING:  # only a type here: importing progress at run time pulls nump
     from prewarm.progress import ResultRow
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+LATENCY_SAMPLES_PER_BATCH = 32
+"""At most this many latency observations per batch: every fetch of a smaller batch, else evenly spaced ones.
+
+Ray's metrics agent turns each histogram bucket count back into one Python ``record`` call per observation
+(``record_histogram_aggregated_batch``). One observation per fetch cost the agent ~30 us of CPU per fetch,
+about half of what the fetch itself costs, on the same cores; the fetcher paid ~3 us more to observe it. The
+histogram's buckets, and so its quantiles, stay representative; its ``_count`` counts observations, not fetches
+(``prewarm_fetches`` counts those)."""
 
 
 @cache
@@ -39,8 +47,14 @@ def record_batch(pop: str, rows: list[ResultRow]) -> None:
     if total:
         received.inc(total, tags={"pop": pop})
     tags = {"pop": pop}
-    for row in rows:
-        latency.observe(row[6], tags=tags)
+    for elapsed_ms in latency_sample(rows):
+        latency.observe(elapsed_ms, tags=tags)
+
+
+def latency_sample(rows: list[ResultRow], most: int = LATENCY_SAMPLES_PER_BATCH) -> list[float]:
+    """The latencies of at most ``most`` of ``rows``, spaced evenly over the batch (all of a smaller one)."""
+    step = -(-len(rows) // most)  # ceiling division: len(rows[::step]) <= most
+    return [row[6] for row in rows[::step]] if rows else []
 
 
 def record_job_end(status: str) -> None:

@@ -88,3 +88,21 @@ def test_every_job_log_line_carries_the_request_id(metered: tuple[PrewarmClient,
     assert any("warming 1 tasks" in line["message"] for line in mine)
     assert any("job ended FINISHED" in line["message"] for line in mine)
     assert all(line.get("req_id") == req_id for line in mine), mine
+
+
+def test_the_latency_histogram_samples_large_batches_while_the_counters_count_every_fetch(
+        metered: tuple[PrewarmClient, int], cdn: Testbed) -> None:
+    client, port = metered
+    urls = [cdn.url(f"/obj/1kb/sampled-{i}") for i in range(400)]
+    req_id = client.prewarm(request_body(urls, pops=["SIN2-C1"]))["request_id"]
+    assert wait_final(client, req_id)["success_count"] == 400
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline and sample(text, "ray_prewarm_fetches_total", pop="SIN2-C1") < 400:
+        text = scrape(port)
+        time.sleep(1)
+    assert sample(text, "ray_prewarm_fetches_total", pop="SIN2-C1", outcome="ok") == 400
+    observed = sample(text, "ray_prewarm_fetch_latency_ms_count", pop="SIN2-C1")
+    # Batches of more than 32 fetches are sampled (at most 32 and over 16 observations each); none is skipped.
+    assert 0 < observed < 400
+    assert sample(text, "ray_prewarm_fetch_latency_ms_bucket", pop="SIN2-C1", le="+Inf") == observed

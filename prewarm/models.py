@@ -43,6 +43,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_PLAIN_URL = re.compile(r"https?://([A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?(?:[/?#][^\x00-\x20\x7f]*)?")
 # Headers a caller may not set: they would change where or how the request is framed, not what a viewer sends.
 FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
 
@@ -68,11 +69,24 @@ class InvalidURLs(ValueError):
 
 def url_problem(url: str, max_length: int = HARD_MAX_URL_LENGTH) -> str | None:
     """Why ``url`` cannot be warmed (or called back), or None when it is an absolute http(s) URL a viewer
-    could fetch."""
+    could fetch.
+
+    The common shape (lower-case scheme, a plain host name or IPv4 address, a port in range) is answered by
+    one regular expression; anything else is parsed (``_parsed_url_problem``). Both give the same verdict
+    (``tests/unit/test_models.py``): ``urlsplit`` was most of the ~27 ms it took to validate 5,000 URLs, on
+    the way to a job's first fetch.
+    """
     if not url:
         return "empty"
     if len(url) > max_length:
         return f"longer than {max_length} characters"
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain and valid_host(plain[1]) and (plain[2] is None or 0 < int(plain[2]) < 65536):
+        return None
+    return _parsed_url_problem(url)
+
+
+def _parsed_url_problem(url: str) -> str | None:
     if _CONTROL.search(url):
         return "contains whitespace or control characters"
     try:

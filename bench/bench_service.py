@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,12 @@ def cost(rate: float | None, baseline: float | None) -> str:
     return "n/a" if rate is None or baseline is None else f"{(1 - rate / baseline) * 100:.1f}%"
 
 
-def process_cpu() -> dict[str, tuple[str, float]]:
-    """pid -> (process name, CPU seconds so far) of every process on the machine, from ``/proc``."""
+def process_cpu(pids: Iterable[str] | None = None) -> dict[str, tuple[str, float]]:
+    """pid -> (process name, CPU seconds so far) of every process on the machine (or of ``pids``), from
+    ``/proc``."""
     tick = os.sysconf("SC_CLK_TCK")
     seen: dict[str, tuple[str, float]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in filter(str.isdigit, os.listdir("/proc")) if pids is None else pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
@@ -154,6 +156,31 @@ def process_cpu() -> dict[str, tuple[str, float]]:
         fields = stat.rsplit(")", 1)[1].split()
         seen[pid] = (stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick)
     return seen
+
+
+class CpuWatch:
+    """What each process spent between ``start`` and ``stop``, including processes that exit before ``stop``
+    (a job's fetchers are killed as it ends): the Ray processes alive at the start are read every 0.1 s, and
+    one that is gone at the end counts what it had spent when last read. A process both started and gone
+    meanwhile is not seen."""
+
+    def __init__(self) -> None:
+        self.before = process_cpu()
+        self._last = dict(self.before)
+        self._ray = [pid for pid, (name, _) in self.before.items() if name.startswith("ray::")]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._done.wait(0.1):
+            self._last.update(process_cpu(self._ray))
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per process name, largest first."""
+        self._done.set()
+        self._thread.join()
+        return cpu_spent(self.before, {**self._last, **process_cpu()})
 
 
 def cpu_spent(before: dict[str, tuple[str, float]], after: dict[str, tuple[str, float]]) -> dict[str, float]:
@@ -214,14 +241,14 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
         for _ in range(repeat):
             time.sleep(pause_s)
             phases: list[tuple[float, str]] = []
-            before = process_cpu() if cpu else {}
+            watch = CpuWatch() if cpu else None
             elapsed, warming_rps, progress = run_job(client, body, poll_s or 0.05,
                                                      timeline=phases if timeline or inbox is None else None,
                                                      inbox=inbox)
             if timeline:
                 print("timeline (s after POST): " + ", ".join(f"{t:.2f} {p}" for t, p in phases), flush=True)
-            if cpu:
-                spent = cpu_spent(before, process_cpu())
+            if watch is not None:
+                spent = watch.stop()
                 print(f"CPU over the job: {sum(spent.values()):.2f} core-s, "
                       f"{sum(spent.values()) / elapsed / (os.cpu_count() or 1):.0%} of the machine; "
                       + ", ".join(f"{name} {c:.2f}" for name, c in list(spent.items())[:8]), flush=True)

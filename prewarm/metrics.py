@@ -20,10 +20,11 @@ LATENCY_SAMPLES_PER_BATCH = 32
 """At most this many latency observations per batch: every fetch of a smaller batch, else evenly spaced ones.
 
 Ray's metrics agent turns each histogram bucket count back into one Python ``record`` call per observation
-(``record_histogram_aggregated_batch``). One observation per fetch cost the agent ~30 us of CPU per fetch,
-about half of what the fetch itself costs, on the same cores; the fetcher paid ~3 us more to observe it. The
-histogram's buckets, and so its quantiles, stay representative; its ``_count`` counts observations, not fetches
-(``prewarm_fetches`` counts those)."""
+(``record_histogram_aggregated_batch``). One observation per fetch cost the agent 13-23 us of CPU per fetch, a
+quarter to a third of what the fetch itself costs, in bursts at each export, on the same cores; the fetcher paid
+~3 us more to observe it (``bench/bench_fetcher.py`` prints the agent's CPU). The histogram's buckets, and so
+its quantiles, stay representative; its ``_count`` counts observations, not fetches (``prewarm_fetches`` counts
+those)."""
 
 
 @cache

@@ -183,9 +183,11 @@ def warming_options(args: argparse.Namespace) -> dict[str, Any]:
         fields["until_hit"] = args.until_hit
     if getattr(args, "variant", None):
         fields["variants"] = [dict([header.split(": ", 1)]) for header in args.variant]
-    for name in ("callback_url", "max_rps"):
+    for name in ("callback_url", "max_rps", "max_bytes_per_s"):
         if getattr(args, name, None) is not None:
             fields[name] = getattr(args, name)
+    if getattr(args, "skip_warm", False):
+        fields["skip_warm"] = True
     return fields
 
 
@@ -311,6 +313,10 @@ def _add_warming_options(cmd: argparse.ArgumentParser) -> None:
                      help="POST the signed summary here when the job ends")
     cmd.add_argument("--max-rps", type=float, default=None, metavar="N",
                      help="cap on the job's requests per second, across all fetchers")
+    cmd.add_argument("--max-bytes-per-s", type=float, default=None, metavar="BYTES",
+                     help="cap on the job's body bytes per second, across all fetchers")
+    cmd.add_argument("--skip-warm", action="store_true",
+                     help="HEAD each pair first and download nothing where the edge already answers a Hit")
 
 
 def _add_retry(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -83,6 +83,8 @@ class Coordinator:
         self.dead: set[int] = set()
         self.dispatched = 0
         self.busy: dict[int, int] = {}  # lane id -> the fetcher it is sent to, while it has work
+        self.large: dict[int, int] = {}  # URL index -> size, for URLs warmed in Range parts (from the size probe)
+        self.mean_size = 0.0  # of the probed URLs, to size batches under a byte-rate cap
         self.log = JobLog(log, {"req_id": req_id})
         self.has_job = False
         self.prestarted = self._prestart_fetchers() if prestart else {}
@@ -266,7 +268,8 @@ class Coordinator:
         candidates = interleave_by_node(by_node)
         started: list[Any] = []
         node_ids: list[str] = []
-        options = (self.request.variant_headers(), self.request.verify, self.request.until_hit)
+        options = (self.request.variant_headers(), self.request.verify, self.request.until_hit,
+                   self.request.skip_warm)
         refs = [f.bind.remote(*options) for f in candidates]
         for fetcher, ref in zip(candidates, refs, strict=True):
             try:
@@ -291,6 +294,8 @@ class Coordinator:
         """
         urls = self.request.url_list
         rps = share_of(self.request.max_rps, len(self.fetchers))
+        bps = share_of(self.request.max_bytes_per_s, len(self.fetchers))
+        part_bytes = self.settings.range_part_bytes
         lane_of = lane_of_tasks(lanes, len(urls) * n_cols, n_cols)
         plan = probe_plan(lanes, lane_of, n_cols, limits, self._batch_size(rps))
         sizes = np.zeros(len(urls), dtype=np.int64)
@@ -308,8 +313,10 @@ class Coordinator:
                         for c in range(n_cols) if c != chunk.column
                     )
                     continue
-                if not error_class:
+                if not error_class or nbytes > part_bytes:  # a large object with a failed part still told its size
                     sizes[index] = nbytes
+                if nbytes > part_bytes:
+                    self.large[index] = int(nbytes)
                 passed.append(index)
             for lane_id, url_indices in released_by_probe(lane_of, passed, chunk.column, n_cols).items():
                 feeds[lane_id].put_nowait(url_indices)
@@ -325,7 +332,7 @@ class Coordinator:
                 try:
                     batch = await self.fetchers[owner].probe_batch.remote(
                         pops[pop].pop, pops[pop].addresses, tasks, self.deadline, chunk.limit, variant, rps,
-                        self._phase(owner))
+                        self._phase(owner), bps)
                 except RayActorError:
                     self._mark_dead(owner)
                     continue
@@ -334,6 +341,8 @@ class Coordinator:
 
         self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
         await asyncio.gather(*(run(chunk) for chunk in plan))
+        known = sizes[sizes > 0]
+        self.mean_size = float(known.mean()) if len(known) else 0.0
         await self.state.set_sizes.remote(self.req_id, sizes)
 
     def _alive_owner(self, preferred: int) -> int:
@@ -359,12 +368,21 @@ class Coordinator:
         """Each busy fetcher's part of ``max_rps``: the cap split over the fetchers that still have lanes."""
         return share_of(self.request.max_rps, len(set(self.busy.values())))
 
-    def _batch_size(self, share: float | None) -> int:
-        """Batches of about two seconds' work at a fetcher's rate ``share``, so progress moves while paced (a
-        verified task is two requests, a GET and a HEAD, more when re-warmed)."""
+    def _bps_share(self) -> float | None:
+        """Each busy fetcher's part of ``max_bytes_per_s``, split as ``max_rps`` is."""
+        return share_of(self.request.max_bytes_per_s, len(set(self.busy.values())))
+
+    def _batch_size(self, share: float | None, bytes_share: float | None = None) -> int:
+        """Batches of about two seconds' work at a fetcher's rate ``share`` (and byte rate ``bytes_share``, once
+        the probe told the objects' mean size), so progress moves while paced (a verified task is two requests,
+        a GET and a HEAD, more when re-warmed)."""
         size = self.settings.batch_size
         per_task = 2 if self.request.verify else 1
-        return size if share is None else max(1, min(size, int(share * 2 / per_task)))
+        if share is not None:
+            size = max(1, min(size, int(share * 2 / per_task)))
+        if bytes_share is not None and self.mean_size > 0:
+            size = max(1, min(size, int(bytes_share * 2 / self.mean_size)))
+        return size
 
     async def _drive(self, lane: Lane, pops: list[str], addresses: list[list[str]], limit: int,
                      feed: asyncio.Queue[list[int] | None]) -> None:
@@ -382,10 +400,12 @@ class Coordinator:
                 while pending and len(inflight) < BATCHES_IN_FLIGHT_PER_LANE:
                     batch = pending.popleft()
                     tasks = one_piece((t, urls[t // n_cols]) for t in batch)
+                    large = self.large
+                    sizes = {urls[u]: large[u] for t in batch if (u := t // n_cols) in large} if large else None
                     self.busy[lane.lane_id] = owner
                     ref = self.fetchers[owner].fetch_batch.remote(
                         pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share(),
-                        self._phase(owner),
+                        self._phase(owner), self._bps_share(), sizes,
                     )
                     inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
                     self.dispatched += len(batch)
@@ -397,7 +417,7 @@ class Coordinator:
                     more = None if url_indices is None else asyncio.ensure_future(feed.get())
                     if url_indices:
                         batch_up(pending, [u * n_cols + lane.column for u in url_indices],
-                                 self._batch_size(self._rps_share()))
+                                 self._batch_size(self._rps_share(), self._bps_share()))
                 for future in done:
                     batch, sent_to = inflight.pop(future)
                     try:

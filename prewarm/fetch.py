@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import re
 import ssl
 import time
 from collections import deque
@@ -20,10 +22,23 @@ from functools import cache
 from typing import Any
 
 from prewarm.settings import Settings
-from prewarm.wire import Pool, Target, WireError, build_head, exchange, header_block, target_of
+from prewarm.wire import (
+    ByteGate,
+    Limits,
+    Pool,
+    Target,
+    WireError,
+    build_head,
+    exchange,
+    header_block,
+    target_of,
+)
 
 DEFAULT_HEADERS = {"Accept-Encoding": "gzip, deflate, br", "User-Agent": "cdn-prewarm/0.1"}
-RETRYABLE_CLASSES = frozenset({"connection", "fetch_timeout", "truncated"})
+BODY_CLASSES = frozenset({"stall", "too_slow", "truncated"})
+"""A body cut short after its head: retried at most ``PREWARM_BODY_ATTEMPTS`` times, since each try is billed."""
+RETRYABLE_CLASSES = frozenset({"connection", "connect_timeout", "fetch_timeout"}) | BODY_CLASSES
+_CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$", re.IGNORECASE)
 
 
 @dataclass
@@ -40,6 +55,12 @@ class FetchResult:
     retry_after: float | None = None
     age: int | None = None
     """The answer's ``Age`` (seconds the edge has held the object); None when absent or not an integer."""
+    wasted: int = 0
+    """Body bytes of attempts that failed after bytes arrived: received (and billed) without warming anything."""
+    size: int | None = None
+    """The whole object's size: ``Content-Length`` of a 200, the total of a 206's ``Content-Range``."""
+    oversize: bool = False
+    """The head announced more than ``max_body``: nothing was read, the caller fetches it in ranges."""
 
     @property
     def ok(self) -> bool:
@@ -48,6 +69,11 @@ class FetchResult:
     @property
     def retryable(self) -> bool:
         return self.error_class in RETRYABLE_CLASSES or self.status == 429 or self.status >= 500
+
+
+def range_header(first: int, last: int) -> str:
+    """The ``Range`` header line for bytes ``first`` to ``last`` (inclusive)."""
+    return f"Range: bytes={first}-{last}\r\n"
 
 
 @cache
@@ -153,8 +179,11 @@ class PopClient:
         self._pools: dict[str, Pool] = {}
         self._block = header_block(self._headers)  # every header after Host, built once
         self._next = 0
+        self._limits = Limits(head_s=settings.fetch_timeout_s, stall_s=settings.stall_timeout_s,
+                              min_rate=settings.min_rate, rate_window_s=settings.min_rate_window_s)
         self.concurrency = max(1, limit or settings.max_concurrency)
         self.slots = Slots(self.concurrency)
+        self.received = 0  # body bytes of finished exchanges (with those in flight: ``bytes_received``)
 
     def _pool(self, address: str) -> Pool:
         pool = self._pools.get(address)
@@ -163,13 +192,22 @@ class PopClient:
             self._pools[address] = pool
         return pool
 
+    def bytes_received(self) -> int:
+        """Every body byte this client has read, those of exchanges still in flight included."""
+        return self.received + sum(pool.body_bytes_in_flight() for pool in self._pools.values())
+
     async def fetch(self, url: str, method: str = "GET", deadline: float | None = None,
-                    address: str | None = None, pace: Callable[[], Awaitable[None]] | None = None) -> FetchResult:
+                    address: str | None = None, pace: Callable[[], Awaitable[None]] | None = None,
+                    gate: ByteGate | None = None, byte_range: tuple[int, int] | None = None,
+                    max_body: int | None = None) -> FetchResult:
         """Fetch ``url`` through this POP, retrying transient failures on the POP's next address.
 
         ``address`` pins every attempt to one of the POP's addresses (verifying the edge that answered).
         ``pace`` (the job's rate cap) is awaited before every attempt, once a connection slot is held, so
-        neither retries nor requests queued for a slot can exceed the cap.
+        neither retries nor requests queued for a slot can exceed the cap; ``gate`` (the job's byte-rate cap) is
+        what the body is read under. ``deadline`` (the job's, wall clock) bounds every attempt and its body.
+        ``byte_range`` asks for bytes first..last (inclusive) and expects a 206 for exactly them; ``max_body``:
+        an answer announcing a longer body is not read (``oversize``, with its ``size``).
         """
         start = time.monotonic()
         try:
@@ -178,10 +216,15 @@ class PopClient:
             result = _failed(FetchResult(attempts=1), "connection", f"ValueError: {exc}")
             result.elapsed_ms = (time.monotonic() - start) * 1000
             return result
-        head = build_head(method, target, self._block)
+        extra = "" if byte_range is None else range_header(*byte_range)
+        if byte_range is not None:
+            max_body = byte_range[1] - byte_range[0] + 1  # an edge that ignores the range sends no 30 GB here
+        head = build_head(method, target, self._block, extra)
         first = self._next
         self._next += 1
-        attempts = self._settings.attempts
+        settings = self._settings
+        attempts, body_attempts = settings.attempts, settings.body_attempts
+        body_failures = wasted = 0
         slots = self.slots
         if not slots.take():  # a free slot is taken without awaiting (the common case)
             await slots.acquire()
@@ -192,27 +235,38 @@ class PopClient:
                     paced_at = time.monotonic()
                     await pace()
                     start += time.monotonic() - paced_at
-                result = await self._once(target, head, method, edge)
+                result = await self._once(target, head, method, edge, deadline, gate, max_body, byte_range)
                 result.attempts = attempt
-                if not result.error_class or not result.retryable or attempt == attempts:
+                if not result.error_class:
                     break
-                delay = backoff_delay(
-                    attempt, self._settings.backoff_base_s, result.retry_after, self._settings.retry_after_cap_s
-                )
+                if not result.status or result.oversize:  # a body cut short (an error page is no bill of note)
+                    wasted += result.nbytes
+                if result.error_class in BODY_CLASSES:
+                    body_failures += 1
+                if not result.retryable or attempt == attempts or body_failures >= body_attempts:
+                    break
+                delay = backoff_delay(attempt, settings.backoff_base_s, result.retry_after, settings.retry_after_cap_s)
                 if deadline is not None and time.time() + delay >= deadline:
                     break
                 await asyncio.sleep(delay)
         finally:
             slots.release()
+        result.wasted = wasted
         result.elapsed_ms = (time.monotonic() - start) * 1000
         return result
 
-    async def _once(self, target: Target, head: bytes, method: str, address: str) -> FetchResult:
+    async def _once(self, target: Target, head: bytes, method: str, address: str, deadline: float | None,
+                    gate: ByteGate | None, max_body: int | None, byte_range: tuple[int, int] | None) -> FetchResult:
         result = FetchResult(address=address)
+        end = math.inf if deadline is None else asyncio.get_running_loop().time() + (deadline - time.time())
         try:
-            resp = await exchange(self._pool(address), target, head, method == "HEAD", self._settings.fetch_timeout_s)
+            resp = await exchange(self._pool(address), target, head, method == "HEAD", self._limits, end, gate,
+                                  max_body)
         except WireError as exc:
+            self.received += exc.nbytes
+            result.nbytes = exc.nbytes
             return _failed(result, exc.error_class, exc.message)
+        self.received += resp.nbytes
         result.status = status = resp.status
         result.x_cache = resp.header("x-cache") or ""
         result.content_length = resp.content_length
@@ -221,8 +275,11 @@ class PopClient:
         if not 200 <= status < 300:
             result.retry_after = retry_after_seconds(resp.header("retry-after"))
             return _failed(result, f"http_{status}", f"HTTP {status} {resp.reason}".strip())
+        result.size = resp.content_length if status == 200 else _range_total(resp.header("content-range"))
+        result.oversize = resp.oversize
+        if byte_range is not None:
+            return _check_range(result, resp.header("content-range"), byte_range, resp.oversize)
         return result
-
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
@@ -276,4 +333,24 @@ class Slots:
 def _failed(result: FetchResult, error_class: str, message: str) -> FetchResult:
     result.error_class = error_class
     result.error_message = message[:500]
+    return result
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The object size a 206's ``Content-Range`` names; None when absent or unknown (``*``)."""
+    match = _CONTENT_RANGE.match((content_range or "").strip())
+    return int(match[3]) if match and match[3] != "*" else None
+
+
+def _check_range(result: FetchResult, content_range: str | None, wanted: tuple[int, int],
+                 oversize: bool) -> FetchResult:
+    """A range request's answer must be a 206 of exactly the bytes asked for."""
+    if result.status != 206:
+        result.size = result.content_length
+        return _failed(result, "range_unsupported", f"asked for bytes={wanted[0]}-{wanted[1]}, the edge answered "
+                       f"{result.status} with {'the whole object' if oversize else 'a body'} instead of a 206")
+    match = _CONTENT_RANGE.match((content_range or "").strip())
+    if match is None or (int(match[1]), int(match[2])) != wanted:
+        return _failed(result, "range_mismatch", f"asked for bytes={wanted[0]}-{wanted[1]}, the edge answered "
+                       f"Content-Range {content_range!r}")
     return result

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, TypeVar
 
 import ray
 
-from prewarm.fetch import PopClient, preload_trust_store
+from prewarm.fetch import FetchResult, PopClient, preload_trust_store
 from prewarm.metrics import record_batch
-from prewarm.pacing import Pacer
-from prewarm.progress import NO_X_CACHE, ResultRow, is_hit, one_piece
+from prewarm.pacing import ByteBudget, Pacer
+from prewarm.progress import NO_X_CACHE, PartRow, ResultRow, is_hit, one_piece
 from prewarm.registry import get_state_actor
 from prewarm.settings import Settings
+from prewarm.wire import ByteGate
 
 Row = TypeVar("Row")
 
@@ -25,7 +28,8 @@ class Fetcher:
     """Fetches batches of (task id, URL) through one POP each; one actor call per batch, never per URL.
 
     After a successful GET it verifies the pair (a HEAD through the same POP address, reading X-Cache)
-    and re-warms a cold pair up to ``until_hit`` times. Every request waits for the job's pacer share.
+    and re-warms a cold pair up to ``until_hit`` times. Every request waits for the job's pacer share, and every
+    body is read under the job's byte-rate share.
     """
 
     def __init__(self, req_id: str, settings: Settings) -> None:
@@ -34,12 +38,16 @@ class Fetcher:
         self._variant_headers: list[dict[str, str]] = [{}]
         self._verify = False
         self._until_hit = 0
+        self._skip_warm = False
         self._clients: dict[tuple[str, int, int], tuple[PopClient, WorkerPool]] = {}
         self._pacer = Pacer()
+        self._budget = ByteBudget()
         self._state = get_state_actor(settings)
+        self._reporter: asyncio.Task[None] | None = None
         preload_trust_store(settings.ca_bundle)  # while the fetcher waits for its job, not in it
 
-    def bind(self, variant_headers: list[dict[str, str]], verify: bool = False, until_hit: int = 0) -> str:
+    def bind(self, variant_headers: list[dict[str, str]], verify: bool = False, until_hit: int = 0,
+             skip_warm: bool = False) -> str:
         """Take the job's fetch options (a fetcher may be started before its job arrives); returns the node id.
 
         Called once, before any batch.
@@ -47,6 +55,7 @@ class Fetcher:
         self._variant_headers = variant_headers or [{}]
         self._verify = verify
         self._until_hit = until_hit
+        self._skip_warm = skip_warm
         return self.node_id()
 
     def node_id(self) -> str:
@@ -67,63 +76,184 @@ class Fetcher:
 
     async def fetch_batch(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
-        variant: int = 0, rps: float | None = None, phase: float = 0.0,
+        variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
+        sizes: Mapping[str, int] | None = None,
     ) -> int:
         """Fetch every task of the batch, hand the results to the state actor, return how many.
 
-        ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of
-        the job's request-rate cap (None: no cap) and ``phase`` its place among the job's fetchers.
+        ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of the job's
+        request-rate cap and ``bps`` of its byte-rate cap (None: no cap), ``phase`` its place among the job's
+        fetchers, ``sizes`` the known sizes of the batch's URLs that are warmed in parts.
         """
-        return len(await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase))
+        return len(await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, sizes))
 
     async def probe_batch(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
-        variant: int = 0, rps: float | None = None, phase: float = 0.0,
+        variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
     ) -> tuple[ProbeRow, ...]:
         """``fetch_batch`` for the size probe: each task is its URL's first, and what its GET learnt goes back
         to the coordinator too: the object's size, or the 4xx that spares sending the URL to every other POP."""
-        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase)
-        return one_piece((row[0], row[1], row[4], row[7], row[8]) for row in rows)
+        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, None)
+        return one_piece((row[0], row[1], row[13] if row[13] >= 0 else row[4], row[7], row[8]) for row in rows)
 
     async def _run(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
-        variant: int, rps: float | None, phase: float,
+        variant: int, rps: float | None, phase: float, bps: float | None, sizes: Mapping[str, int] | None,
     ) -> list[ResultRow]:
         self._pacer.set_rate(rps, phase)
+        self._budget.set_rate(bps)
+        if self._reporter is None:
+            self._reporter = asyncio.ensure_future(self._report_bytes())
         client, workers = self._client(pop, addresses, limit, variant)
-        warm = partial(warm_pair, client, self._pacer, self._verify, self._until_hit, deadline)
-        rows = await workers.run(tasks, warm)
+        opts = WarmOptions(self._pacer, self._budget, self._verify, self._until_hit, self._skip_warm,
+                           self._settings.range_part_bytes, deadline, sizes or {})
+        rows = await workers.run(tasks, partial(warm_pair, client, opts))
         await self._state.record.remote(self._req_id, one_piece(rows))
         record_batch(pop, rows)
         return rows
 
+    def bytes_received(self) -> int:
+        """Body bytes this fetcher has read for its job, those of fetches still running included."""
+        return sum(client.bytes_received() for client, _ in self._clients.values())
+
+    async def _report_bytes(self) -> None:
+        """Tell the state actor, every ``BYTES_REPORT_S`` while they grow, how many body bytes this fetcher has
+        read: a result arrives only when its batch ends, and a batch of large objects takes minutes."""
+        last = -1
+        while True:
+            await asyncio.sleep(BYTES_REPORT_S)
+            total = self.bytes_received()
+            if total != last:
+                last = total
+                with contextlib.suppress(Exception):
+                    self._state.live_bytes.remote(self._req_id, os.getpid(), total)
+
     async def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
         await asyncio.gather(*(client.close() for client, _ in self._clients.values()), return_exceptions=True)
 
 
-async def warm_pair(client: PopClient, pacer: Pacer, verify: bool, until_hit: int, deadline: float, task_id: int,
-                    url: str) -> ResultRow:
-    """GET the pair; then verify it and re-warm it while cold, through the address that answered.
+BYTES_REPORT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WarmOptions:
+    """What a job asks of each pair's warm-up, the same for every batch: bound per batch with its deadline."""
+
+    pacer: Pacer
+    budget: ByteBudget
+    verify: bool = False
+    until_hit: int = 0
+    skip_warm: bool = False
+    part_bytes: int = 30 * 1024**3
+    deadline: float | None = None
+    sizes: Mapping[str, int] = field(default_factory=dict)  # object sizes known above part_bytes, by URL
+
+
+async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str) -> ResultRow:
+    """Warm one pair: GET it whole (or, above the part size, as ``Range`` parts); then verify it and re-warm it
+    while cold, through the address that answered. With ``skip_warm`` a HEAD first: a Hit is already warm.
 
     A function, not a ``Fetcher`` method: in the actor's process Ray wraps every method of the class in a
-    tracing shim (one more coroutine per call, one more frame each time the fetch resumes); as a method, this
-    and the pacer lookup cost ~1 us more of CPU per fetch.
+    tracing shim (one more coroutine per call, one more frame each time the fetch resumes).
     """
-    pace = pacer.wait if pacer.rate else None  # no cap: nothing to await per request
-    r = await client.fetch(url, "GET", deadline, pace=pace)
+    pace = opts.pacer.wait if opts.pacer.rate else None  # no cap: nothing to await per request
+    gate = opts.budget if opts.budget.rate else None
+    deadline = opts.deadline
+    size = opts.sizes.get(url) if opts.sizes else None
+    address: str | None = None
+    skipped: FetchResult | None = None
+    if opts.skip_warm and (size is None or size <= opts.part_bytes):
+        skipped = await client.fetch(url, "HEAD", deadline, pace=pace)
+        if skipped.ok and is_hit(skipped.x_cache):
+            return already_warm_row(task_id, skipped)
+        if skipped.ok:  # cold: warm it through the address that answered, knowing its size
+            address = skipped.address
+            size = skipped.content_length
+    if size is not None and size > opts.part_bytes:
+        return await warm_parts(client, opts, task_id, url, size, address, skipped)
+    r = await client.fetch(url, "GET", deadline, address=address, pace=pace, gate=gate, max_body=opts.part_bytes)
+    if r.oversize and r.size is not None:  # larger than one cacheable object: the head said so, nothing read
+        return await warm_parts(client, opts, task_id, url, r.size, r.address, r)
     verify_x_cache, age, rounds = "", -1, 1
-    if verify and r.ok:
-        for round_ in range(until_hit + 1):
-            check = await client.fetch(url, "HEAD", deadline, address=r.address, pace=pace)
-            # An answer without X-Cache is not a Hit: it gets a name, so it is listed as cold.
-            verify_x_cache = (check.x_cache or NO_X_CACHE) if check.ok else f"verify failed: {check.error_class}"
-            age = check.age if check.ok and check.age is not None else -1
-            if is_hit(verify_x_cache) or round_ == until_hit:
-                break
-            await client.fetch(url, "GET", deadline, address=r.address, pace=pace)
-            rounds += 1
-    return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1),
-            r.error_class, r.error_message, verify_x_cache, age, rounds)
+    if opts.verify and r.ok:
+        verify_x_cache, age, rounds = await verify_pair(client, opts, url, r.address, None, pace, gate)
+    size = r.size if r.size is not None else (r.nbytes if r.ok else -1)
+    return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
+            r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, ())
+
+
+async def verify_pair(client: PopClient, opts: WarmOptions, url: str, address: str,
+                      byte_range: tuple[int, int] | None, pace: Callable[[], Awaitable[None]] | None,
+                      gate: ByteGate | None) -> tuple[str, int, int]:
+    """HEAD the pair (or one part) through ``address`` and re-warm it while cold: (x_cache, age, GETs sent)."""
+    verify_x_cache, age, rounds = "", -1, 1
+    for round_ in range(opts.until_hit + 1):
+        check = await client.fetch(url, "HEAD", opts.deadline, address=address, pace=pace, byte_range=byte_range)
+        # An answer without X-Cache is not a Hit: it gets a name, so it is listed as cold.
+        verify_x_cache = (check.x_cache or NO_X_CACHE) if check.ok else f"verify failed: {check.error_class}"
+        age = check.age if check.ok and check.age is not None else -1
+        if is_hit(verify_x_cache) or round_ == opts.until_hit:
+            break
+        await client.fetch(url, "GET", opts.deadline, address=address, pace=pace, gate=gate, byte_range=byte_range)
+        rounds += 1
+    return verify_x_cache, age, rounds
+
+
+def already_warm_row(task_id: int, head: FetchResult) -> ResultRow:
+    """A pair whose HEAD was a Hit: warm already, nothing downloaded; the HEAD is its verification."""
+    size = head.content_length if head.content_length is not None else -1
+    return (task_id, head.status, head.x_cache, head.address, 0, head.attempts, round(head.elapsed_ms, 1), "", "",
+            head.x_cache, head.age if head.age is not None else -1, 0, 0, size, True, ())
+
+
+def part_ranges(size: int, part_bytes: int) -> list[tuple[int, int]]:
+    """``Range`` parts (first, last byte, inclusive) of at most ``part_bytes`` covering an object of ``size``."""
+    return [(first, min(first + part_bytes, size) - 1) for first in range(0, size, part_bytes)]
+
+
+async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: str, size: int, address: str | None,
+                     first: FetchResult | None) -> ResultRow:
+    """Warm an object larger than CloudFront caches whole, as ``Range`` parts one after another, each its own GET
+    (and verification); with ``skip_warm`` each part is HEADed first. ``first``: the answer that told the size
+    (an unread oversize GET, or the HEAD), whose bytes count as wasted and attempts as the pair's."""
+    pace = opts.pacer.wait if opts.pacer.rate else None
+    gate = opts.budget if opts.budget.rate else None
+    parts: list[PartRow] = []
+    wasted = first.nbytes + first.wasted if first is not None else 0
+    elapsed = first.elapsed_ms if first is not None else 0.0
+    attempts = first.attempts if first is not None else 0
+    rounds, age, warm = 1, -1, True
+    for byte_range in part_ranges(size, opts.part_bytes):
+        label = f"bytes={byte_range[0]}-{byte_range[1]}"
+        if opts.skip_warm:
+            head = await client.fetch(url, "HEAD", opts.deadline, address=address, pace=pace, byte_range=byte_range)
+            if head.ok and is_hit(head.x_cache):
+                address = address or head.address
+                parts.append((label, head.status, head.x_cache, 0, head.attempts, round(head.elapsed_ms, 1), "", "",
+                              head.x_cache))
+                attempts, elapsed = attempts + head.attempts, elapsed + head.elapsed_ms
+                continue
+        warm = False
+        r = await client.fetch(url, "GET", opts.deadline, address=address, pace=pace, gate=gate,
+                               byte_range=byte_range)
+        address = address or r.address
+        wasted += r.wasted
+        attempts, elapsed = attempts + r.attempts, elapsed + r.elapsed_ms
+        verify_x_cache = ""
+        if opts.verify and r.ok:
+            verify_x_cache, age, part_rounds = await verify_pair(client, opts, url, r.address, byte_range, pace, gate)
+            rounds = max(rounds, part_rounds)
+        parts.append((label, r.status, r.x_cache, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
+                      r.error_message, verify_x_cache))
+    failed = next((p for p in parts if p[6]), None)
+    cold = next((p for p in parts if p[8] and not is_hit(p[8])), None)
+    verify = parts[0][8] if warm else (cold or parts[0])[8] if opts.verify else ""
+    status, x_cache = (failed[1], failed[2]) if failed else (parts[0][1], parts[0][2])
+    error_class, message = (failed[6], f"part {failed[0]}: {failed[7]}") if failed else ("", "")
+    return (task_id, status, x_cache, address or "", sum(p[3] for p in parts), attempts, round(elapsed, 1),
+            error_class, message, verify, age, rounds if not warm else 0, wasted, size, warm, tuple(parts))
 
 
 class WorkerPool(Generic[Row]):

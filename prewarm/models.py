@@ -222,6 +222,14 @@ class PrewarmRequest(BaseModel):
     retry_of: str | None = Field(
         default=None, description="Set by the service on a retry job: the job whose failed tasks it re-runs."
     )
+    max_bytes_per_s: Number | None = Field(
+        default=None, description="Cap on body bytes per second for the whole job, across every fetcher and node, "
+        "counted where the bytes arrive."
+    )
+    skip_warm: Boolean = Field(
+        default=False, description="HEAD each pair through its POP first; a Hit is recorded as already warm and "
+        "its body is not downloaded."
+    )
 
     @field_validator("url_list")
     @classmethod
@@ -309,6 +317,11 @@ class PrewarmRequest(BaseModel):
     def _retry_of(cls, value: str | None) -> str | None:
         return None if value is None else parse_req_id(value)
 
+    @field_validator("max_bytes_per_s")
+    @classmethod
+    def _max_bytes_per_s(cls, value: float | None) -> float | None:
+        return positive_byte_rate(value)
+
     @field_validator("instance_count")
     @classmethod
     def _instances(cls, value: int) -> int:
@@ -340,6 +353,12 @@ class PrewarmRequest(BaseModel):
         return [variant_label(v) for v in (self.variants or [{}])]
 
 
+def positive_byte_rate(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ValueError("must be a positive number of bytes per second")
+    return value
+
+
 def variant_label(headers: dict[str, str]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in headers.items())
 
@@ -365,6 +384,8 @@ class RetryRequest(BaseModel):
     until_hit: Integer | None = None
     callback_url: str | None = None
     max_rps: Number | None = None
+    max_bytes_per_s: Number | None = None
+    skip_warm: Boolean | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -382,6 +403,11 @@ class RetryRequest(BaseModel):
     @classmethod
     def _retry_of(cls, value: str) -> str:
         return parse_req_id(value)
+
+    @field_validator("max_bytes_per_s")
+    @classmethod
+    def _max_bytes_per_s(cls, value: float | None) -> float | None:
+        return positive_byte_rate(value)
 
     @field_validator("need_invalidate")
     @classmethod
@@ -500,6 +526,20 @@ class ProgressResponse(BaseModel):
         default=None, description="verified_hit_count / success_count (1.0: every success is a Hit); null "
         "without verification or before the first success."
     )
+    bytes_wasted: int = Field(
+        default=0, description="Body bytes received by attempts cut short (stall, reset, truncation, too slow): "
+        "billed, warmed nothing."
+    )
+    bytes_received: int = Field(
+        default=0, description="Body bytes received so far, those of fetches still running included."
+    )
+    byte_rate: float = Field(
+        default=0.0, description="Body bytes per second: over the last seconds while the job runs, over the job "
+        "once it ended."
+    )
+    already_warm_count: int = Field(
+        default=0, description="Pairs that answered a Hit to skip_warm's HEAD: recorded as warm, nothing downloaded."
+    )
     error_message: str = ""
     created_at: str
     last_update_time: str
@@ -542,6 +582,10 @@ class SummaryResponse(BaseModel):
     cold_pair_count: int = 0
     retry_of: str | None = None
     webhook: WebhookStatus | None = None
+    download_size: int = 0
+    bytes_wasted: int = 0
+    byte_rate: float = 0.0
+    already_warm_count: int = 0
     error_message: str = ""
     created_at: str
     last_update_time: str

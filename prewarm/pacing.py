@@ -60,3 +60,49 @@ def share_of(max_rps: float | None, n_fetchers: int) -> float | None:
     if max_rps is None:
         return None
     return max_rps / max(1, n_fetchers)
+
+
+class ByteBudget:
+    """A job's byte-rate cap as one fetcher keeps its share: a token bucket of body bytes, ``rate`` None for none.
+
+    Bytes are counted where they arrive (each read of a connection, ``take``); a connection that overdraws stops
+    reading until the bucket has refilled, so the edge's sending slows through TCP's window. The bucket holds at
+    most ``burst_s`` of the rate, so no window of a second sees much more than the cap.
+    """
+
+    def __init__(self, rate: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 burst_s: float = 0.05) -> None:
+        self._clock = clock
+        self._burst_s = burst_s
+        self._rate = 0.0
+        self._tokens = 0.0
+        self._at = clock()
+        self.set_rate(rate)
+
+    @property
+    def rate(self) -> float | None:
+        return self._rate or None
+
+    def set_rate(self, rate: float | None) -> None:
+        """Change this fetcher's share (the coordinator re-splits the cap as fetchers finish their lanes)."""
+        self._refill()
+        self._rate = float(rate or 0.0)
+        self._tokens = min(self._tokens, self._capacity)
+
+    @property
+    def _capacity(self) -> float:
+        return self._rate * self._burst_s
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if self._rate:
+            self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+    def take(self, n: int) -> float:
+        """Count ``n`` bytes that arrived; returns how long the reader should pause (0: go on)."""
+        if not self._rate:
+            return 0.0
+        self._refill()
+        self._tokens -= n
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate

@@ -19,17 +19,33 @@ Item = TypeVar("Item")
 
 X_CACHE_CODES = ("", "Hit from cloudfront", "Miss from cloudfront")
 
-ResultRow = tuple[int, int, str, str, int, int, float, str, str, str, int, int]
+PartRow = tuple[str, int, str, int, int, float, str, str, str]
+"""One ``Range`` part of a pair warmed in parts: (range, status_code, x_cache, bytes, attempts, elapsed_ms,
+error_class, error_message, verify_x_cache); ``range`` as sent, e.g. ``bytes=0-1048575``."""
+
+ResultRow = tuple[int, int, str, str, int, int, float, str, str, str, int, int, int, int, bool, tuple[PartRow, ...]]
 """(task_id, status_code, x_cache, address, bytes, attempts, elapsed_ms, error_class, error_message,
-verify_x_cache, age, rounds); ``error_class`` is empty for a success, ``verify_x_cache`` empty when the
-pair was not verified, ``age`` -1 when unknown, ``rounds`` the GETs sent (1 + re-warms)."""
+verify_x_cache, age, rounds, bytes_wasted, size, already_warm, parts); ``error_class`` is empty for a success,
+``verify_x_cache`` empty when the pair was not verified, ``age`` -1 when unknown, ``rounds`` the GETs sent
+(1 + re-warms), ``bytes_wasted`` the body bytes of attempts cut short, ``size`` the object's (-1 unknown),
+``already_warm`` a pair that answered a Hit before any GET (``skip_warm``), ``parts`` the ranges of an object
+warmed in parts (empty otherwise). Rows stored before the last four fields existed are read as without them."""
+
+ROW_FIELDS = 16
+_ROW_DEFAULTS = ("", -1, 0, 0, -1, False, ())  # the fields from verify_x_cache on, for shorter stored rows
 
 
 def result_row(task: int, status: int = 0, x_cache: str = "", address: str = "", nbytes: int = 0,
                attempts: int = 0, elapsed_ms: float = 0.0, error_class: str = "", message: str = "",
-               verify_x_cache: str = "", age: int = -1, rounds: int = 0) -> ResultRow:
+               verify_x_cache: str = "", age: int = -1, rounds: int = 0, wasted: int = 0, size: int = -1,
+               already_warm: bool = False, parts: tuple[PartRow, ...] = ()) -> ResultRow:
     return (task, status, x_cache, address, nbytes, attempts, elapsed_ms, error_class, message,
-            verify_x_cache, age, rounds)
+            verify_x_cache, age, rounds, wasted, size, already_warm, parts)
+
+
+def full_row(row: Sequence) -> Sequence:
+    """A result row with every field: a row written before later fields existed gets their defaults."""
+    return row if len(row) >= ROW_FIELDS else (*row, *_ROW_DEFAULTS[len(row) - 9:])
 
 
 def one_piece(rows: Iterable[Item]) -> tuple[Item, ...]:
@@ -66,7 +82,9 @@ class TaskTable:
     verify_x_cache: np.ndarray = field(init=False)
     age: np.ndarray = field(init=False)
     rounds: np.ndarray = field(init=False)
+    already_warm: np.ndarray = field(init=False)
     messages: dict[int, str] = field(default_factory=dict)
+    parts: dict[int, tuple[PartRow, ...]] = field(default_factory=dict)  # tasks warmed in ranges (large objects)
     error_classes: list[str] = field(default_factory=lambda: [""])
     x_cache_values: list[str] = field(default_factory=lambda: list(X_CACHE_CODES))
     addresses: list[str] = field(default_factory=lambda: [""])
@@ -75,6 +93,8 @@ class TaskTable:
     verified_count: int = 0
     verified_hit_count: int = 0
     download_size: int = 0
+    bytes_wasted: int = 0
+    already_warm_count: int = 0
     skipped_count: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +114,7 @@ class TaskTable:
         self.verify_x_cache = np.zeros(n, dtype=np.int16)
         self.age = np.full(n, -1, dtype=np.int32)
         self.rounds = np.zeros(n, dtype=np.int8)
+        self.already_warm = np.zeros(n, dtype=bool)
 
     @property
     def n_cols(self) -> int:
@@ -142,7 +163,8 @@ class TaskTable:
         """Store ``ResultRow``s; returns how many were new (duplicates of finished tasks are ignored)."""
         added = 0
         for row in rows:
-            task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message, verify, age, rounds = row
+            (task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message, verify, age, rounds,
+             wasted, _size, warm, parts) = row if len(row) == ROW_FIELDS else full_row(row)
             if not 0 <= task < self.grid or self.done[task]:
                 continue
             self.done[task] = True
@@ -153,6 +175,9 @@ class TaskTable:
             self.x_cache[task] = _intern(self.x_cache_values, x_cache)
             self.address[task] = _intern(self.addresses, address)
             self.download_size += nbytes
+            self.bytes_wasted += wasted
+            if parts:
+                self.parts[task] = tuple(tuple(p) for p in parts)  # type: ignore[misc]
             if error_class:
                 self.error[task] = _intern(self.error_classes, error_class)
                 if message:
@@ -164,6 +189,9 @@ class TaskTable:
                     self.verify_x_cache[task] = _intern(self.x_cache_values, verify)
                     self.verified_count += 1
                     self.verified_hit_count += is_hit(verify)
+                if warm:
+                    self.already_warm[task] = True
+                    self.already_warm_count += 1
             self.age[task] = -1 if age is None else min(max(int(age), -1), 2**31 - 1)  # int32
             self.rounds[task] = min(int(rounds), 127)
             added += 1

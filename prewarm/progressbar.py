@@ -38,20 +38,45 @@ def human_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def render(progress: dict[str, Any], rate: float | None, width: int = 24) -> str:
-    """One line: bar, done/total, percent, rate, bytes, failures, ETA and status/phase."""
+MIB = 1024 * 1024
+
+
+def render(progress: dict[str, Any], rate: float | None, width: int = 24, byte_rate: float | None = None) -> str:
+    """One line: bar, done/total, percent, rate, bytes, failures, ETA and status/phase.
+
+    Once the job knows its bytes (``total_size``, from the size probe) the bar, rate and ETA go by bytes, in MiB:
+    a job of a few large objects moves by bytes long before a task ends. ``byte_rate`` is the service's, or else
+    measured here."""
     total = int(progress.get("total_count") or 0)
     done = int(progress.get("download_count") or 0)
-    fraction = done / total if total else (1.0 if progress.get("status") in FINAL_STATUSES else 0.0)
-    filled = min(width, int(fraction * width))  # floor: a full bar only when everything is done
-    bar = "#" * filled + "." * (width - filled)
+    status = progress.get("status", "?")
+    ended = status in FINAL_STATUSES
+    total_size = int(progress.get("total_size") or 0)
+    failed = f"failed={progress.get('failure_count', 0)}"
+    wasted = int(progress.get("bytes_wasted") or 0)
+    if wasted:
+        failed += f" wasted={wasted / MIB:.1f} MiB"
+    tail = f"{status}/{progress.get('phase', '?')}"
+    if total_size and not ended:
+        useful = min(total_size, max(0, int(progress.get("bytes_received") or 0) - wasted))
+        fraction = useful / total_size
+        bytes_per_s = progress.get("byte_rate") or byte_rate
+        eta = (total_size - useful) / bytes_per_s if bytes_per_s else None
+        speed = f"{bytes_per_s / MIB:.1f} MiB/s" if bytes_per_s else "- MiB/s"
+        return (f"[{_bar(fraction, width)}] {useful / MIB:.1f}/{total_size / MIB:.1f} MiB {fraction * 100:3.0f}% "
+                f"{speed} {done}/{total} {failed} ETA {human_duration(eta)} {tail}")
+    fraction = done / total if total else (1.0 if ended else 0.0)
     eta = (total - done) / rate if rate and total > done else (0.0 if total and done >= total else None)
     rate_text = f"{rate:.1f}/s" if rate is not None else "-/s"
     return (
-        f"[{bar}] {done}/{total} {fraction * 100:3.0f}% {rate_text} "
-        f"{human_bytes(progress.get('download_size') or 0)} failed={progress.get('failure_count', 0)} "
-        f"ETA {human_duration(eta)} {progress.get('status', '?')}/{progress.get('phase', '?')}"
+        f"[{_bar(fraction, width)}] {done}/{total} {fraction * 100:3.0f}% {rate_text} "
+        f"{human_bytes(progress.get('download_size') or 0)} {failed} ETA {human_duration(eta)} {tail}"
     )
+
+
+def _bar(fraction: float, width: int) -> str:
+    filled = min(width, int(fraction * width))  # floor: a full bar only when everything is done
+    return "#" * filled + "." * (width - filled)
 
 
 class ProgressBar:
@@ -64,6 +89,7 @@ class ProgressBar:
         self.log_interval_s = log_interval_s
         self.clock = clock
         self.samples: deque[tuple[float, int]] = deque()
+        self.byte_samples: deque[tuple[float, int]] = deque()
         self.last_log: float | None = None
         self.last_width = 0
 
@@ -74,19 +100,23 @@ class ProgressBar:
         except (AttributeError, ValueError):
             return False
 
-    def rate(self) -> float | None:
-        """Tasks per second over the recent window (None until there are two samples a moment apart)."""
-        if len(self.samples) < 2:
+    def rate(self, samples: deque[tuple[float, int]] | None = None) -> float | None:
+        """Tasks (or, given ``byte_samples``, bytes) per second over the recent window (None until there are two
+        samples a moment apart)."""
+        samples = self.samples if samples is None else samples
+        if len(samples) < 2:
             return None
-        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+        (t0, d0), (t1, d1) = samples[0], samples[-1]
         return (d1 - d0) / (t1 - t0) if t1 > t0 else None
 
     def update(self, progress: dict[str, Any], *, force: bool = False) -> None:
         now = self.clock()
-        self.samples.append((now, int(progress.get("download_count") or 0)))
-        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
-            self.samples.popleft()
-        line = render(progress, self.rate())
+        for samples, value in ((self.samples, progress.get("download_count")),
+                               (self.byte_samples, progress.get("bytes_received"))):
+            samples.append((now, int(value or 0)))
+            while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW_S:
+                samples.popleft()
+        line = render(progress, self.rate(), byte_rate=self.rate(self.byte_samples))
         if self.tty:
             pad = " " * max(0, self.last_width - len(line))
             self.stream.write("\r" + line + pad)
@@ -199,6 +229,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     ok, failed = summary.get("success_count", 0), summary.get("failure_count", 0)
     lines = [f"request {summary.get('request_id', '?')}: {summary.get('status', '?')}, "
              f"{ok} succeeded, {failed} failed"]
+    if summary.get("already_warm_count"):
+        lines.append(f"already warm: {summary['already_warm_count']} pairs answered a Hit before any GET "
+                     "(no body downloaded)")
+    if summary.get("download_size"):
+        moved = f"downloaded {human_bytes(summary['download_size'])}"
+        if summary.get("byte_rate"):
+            moved += f" at {summary['byte_rate'] / MIB:.1f} MiB/s"
+        if summary.get("bytes_wasted"):
+            moved += f"; {human_bytes(summary['bytes_wasted'])} wasted by bodies cut short (billed, warmed nothing)"
+        lines.append(moved)
     if summary.get("error_message"):
         lines.append(f"error: {summary['error_message']}")
     rows = [

@@ -22,24 +22,72 @@ REPORT_COLUMNS = [
     "verify_x_cache",
     "age",
     "rounds",
+    "part",
+    "outcome",
 ]
+"""``part``: the ``Range`` of one part of an object warmed in parts (empty for a whole object); ``outcome``:
+``warmed``, ``already_warm`` (a Hit before any GET, ``skip_warm``) or ``failed``."""
+
+PART_FIELDS = ("part", "status_code", "x_cache", "bytes", "attempts", "elapsed_ms", "error_class", "error_message",
+               "verify_x_cache")
 
 
 def failures_frame(table: TaskTable) -> pd.DataFrame:
-    """One row per failed (URL, POP), in task order."""
-    return tasks_frame(table, table.failed_task_ids())
+    """One row per failed (URL, POP), in task order; a pair warmed in parts has a row per failed part."""
+    return with_parts(table, table.failed_task_ids(), failed_only=True)
 
 
 def results_frame(table: TaskTable) -> pd.DataFrame:
-    """One row per finished task, successes included, with an ``ok`` column: for analysis."""
+    """One row per finished task, successes included, with an ``ok`` column: for analysis; a pair warmed in parts
+    has a row per part."""
     ids = np.flatnonzero(table.done & ~table.skipped)
     frame = tasks_frame(table, ids)
     frame.insert(2, "ok", table.ok[ids])
-    return frame
+    return expand_parts(table, ids, frame, failed_only=False)
+
+
+def with_parts(table: TaskTable, ids: np.ndarray, failed_only: bool) -> pd.DataFrame:
+    """``tasks_frame`` with the pairs warmed in parts expanded (``expand_parts``)."""
+    return expand_parts(table, ids, tasks_frame(table, ids), failed_only)
+
+
+def expand_parts(table: TaskTable, ids: np.ndarray, frame: pd.DataFrame, failed_only: bool) -> pd.DataFrame:
+    """Each pair warmed in ``Range`` parts becomes a row per part (only its failed parts with ``failed_only``), the
+    pair's URL, POP, address, age and rounds on each; parts are rare, so the common frame is left as it is."""
+    if not table.parts:
+        return frame
+    split = [i for i, t in enumerate(ids) if int(t) in table.parts]
+    if not split:
+        return frame
+    pieces: list[pd.DataFrame] = []
+    done = 0
+    for i in split:
+        pieces.append(frame.iloc[done:i])
+        base = frame.iloc[i].to_dict()
+        rows = []
+        for part in table.parts[int(ids[i])]:
+            values = dict(zip(PART_FIELDS, part, strict=True))
+            if failed_only and not values["error_class"]:
+                continue
+            row = {**base, **values}
+            row["outcome"] = "failed" if values["error_class"] else (
+                "already_warm" if base["outcome"] == "already_warm" else "warmed")
+            if "ok" in row:
+                row["ok"] = not values["error_class"]
+            rows.append(row)
+        pieces.append(pd.DataFrame(rows, columns=frame.columns))
+        done = i + 1
+    pieces.append(frame.iloc[done:])
+    kept = [p for p in pieces if len(p)]
+    return pd.concat(kept, ignore_index=True) if kept else frame.iloc[:0]
+
+
+def outcomes(table: TaskTable, ids: np.ndarray) -> np.ndarray:
+    return np.where(~table.ok[ids], "failed", np.where(table.already_warm[ids], "already_warm", "warmed"))
 
 
 def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
-    """The report columns for the given task ids."""
+    """The report columns for the given task ids (a pair warmed in parts as one row: see ``expand_parts``)."""
     urls = np.asarray(table.urls, dtype=object)
     pops = np.asarray(table.pops, dtype=object)
     variants = np.asarray(table.variants, dtype=object)
@@ -59,6 +107,8 @@ def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
             "verify_x_cache": np.asarray(table.x_cache_values, dtype=object)[table.verify_x_cache[ids]],
             "age": pd.Series(table.age[ids], dtype="Int64").mask(table.age[ids] < 0),  # -1: no Age header
             "rounds": table.rounds[ids].astype(np.int64),
+            "part": "",
+            "outcome": outcomes(table, ids) if len(ids) else [],
         },
         columns=REPORT_COLUMNS,
     )
@@ -71,7 +121,7 @@ def extra_failure_rows(pop_failures: dict[str, str]) -> pd.DataFrame:
         [
             {"url": "", "pop": pop, "variant": "", "address": "", "status_code": 0, "x_cache": "", "bytes": 0,
              "attempts": 0, "elapsed_ms": 0.0, "error_class": "pop_unavailable", "error_message": reason,
-             "verify_x_cache": "", "age": None, "rounds": 0}
+             "verify_x_cache": "", "age": None, "rounds": 0, "part": "", "outcome": "failed"}
             for pop, reason in pop_failures.items()
         ],
         columns=REPORT_COLUMNS,

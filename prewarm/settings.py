@@ -35,7 +35,12 @@ class Settings:
     max_urls: int = 100_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_url_length: int = 2048
-    fetch_timeout_s: float = 30.0
+    fetch_timeout_s: float = 30.0  # to the response head; a body is bounded by the stall and rate limits
+    stall_timeout_s: float = 30.0
+    min_rate: float = 4096.0  # body bytes/s averaged over min_rate_window_s; 0: no floor
+    min_rate_window_s: float = 30.0
+    body_attempts: int = 2
+    range_part_bytes: int = 30 * 1024**3  # CloudFront caches at most 30 GB per object: larger ones in ranges
     connect_timeout_s: float = 5.0
     dns_timeout_s: float = 5.0
     attempts: int = 3
@@ -87,6 +92,11 @@ class Settings:
             max_body_bytes=int(num("PREWARM_MAX_BODY_BYTES", base.max_body_bytes, least=1)),
             max_url_length=int(num("PREWARM_MAX_URL_LENGTH", base.max_url_length, least=1)),
             fetch_timeout_s=float(num("PREWARM_FETCH_TIMEOUT", base.fetch_timeout_s, float, above=True)),
+            stall_timeout_s=float(num("PREWARM_STALL_TIMEOUT", base.stall_timeout_s, float, above=True)),
+            min_rate=float(num("PREWARM_MIN_RATE", base.min_rate, float)),
+            min_rate_window_s=float(num("PREWARM_MIN_RATE_WINDOW", base.min_rate_window_s, float, above=True)),
+            body_attempts=int(num("PREWARM_BODY_ATTEMPTS", base.body_attempts, least=1)),
+            range_part_bytes=int(num("PREWARM_RANGE_PART_BYTES", base.range_part_bytes, least=1)),
             connect_timeout_s=float(num("PREWARM_CONNECT_TIMEOUT", base.connect_timeout_s, float, above=True)),
             dns_timeout_s=float(num("PREWARM_DNS_TIMEOUT", base.dns_timeout_s, float, above=True)),
             attempts=int(num("PREWARM_ATTEMPTS", base.attempts, least=1)),  # 0 would fetch nothing

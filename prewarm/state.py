@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +41,7 @@ DEADLINE_GRACE = timedelta(seconds=30)
 STALE_AFTER = timedelta(seconds=5)
 
 STOP_ERRORS = {"TIMEOUT": "timeout", "STOPPED": "stopped", "FAILED": "job_failed"}
+BYTE_RATE_WINDOW_S = 10.0  # the running byte rate follows this much recent history
 
 
 @dataclass
@@ -70,6 +73,36 @@ class Job:
     selected: list[tuple[int, str, int]] | None = None  # a retry job's tasks: (URL index, POP, variant)
     api_base: str = ""
     webhook: dict[str, Any] | None = None
+    fetch_started: float | None = None  # unix time its first fetch went out (phase probing or warming)
+    live: dict[int, int] = field(default_factory=dict)  # fetcher pid -> body bytes it has read for this job
+    byte_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic time, bytes received)
+
+    def bytes_received(self) -> int:
+        """Body bytes read so far: the fetchers' live counts, or the finished results' when larger."""
+        table = self.table
+        done = 0 if table is None else table.download_size + table.bytes_wasted
+        return max(done, sum(self.live.values()))
+
+    def byte_rate(self) -> float:
+        """Bytes per second: over the last ``BYTE_RATE_WINDOW_S`` while running, over the fetching once ended."""
+        if self.final:
+            if self.fetch_started is None or self.table is None:
+                return 0.0
+            seconds = self.last_update.timestamp() - self.fetch_started
+            return round(self.table.download_size / seconds, 1) if seconds > 0 else 0.0
+        now = time.monotonic()
+        samples = self.byte_samples
+        if not samples:
+            return 0.0
+        anchor_at, anchor = samples[0]
+        return round((samples[-1][1] - anchor) / (now - anchor_at), 1) if now - anchor_at >= 0.5 else 0.0
+
+    def sample_bytes(self) -> None:
+        now = time.monotonic()
+        samples = self.byte_samples
+        samples.append((now, self.bytes_received()))
+        while len(samples) > 2 and now - samples[1][0] >= BYTE_RATE_WINDOW_S:
+            samples.popleft()
 
     @property
     def callback_url(self) -> str | None:
@@ -220,8 +253,18 @@ class State:
         job = self.jobs[req_id]
         if not job.final:
             job.phase = phase
+            if phase in ("probing", "warming") and job.fetch_started is None:
+                job.fetch_started = time.time()
             job.touch()
             self._persist(job)
+
+    def live_bytes(self, req_id: str, fetcher: int, total: int) -> None:
+        """A fetcher's running count of the body bytes it has read for the job (about once a second)."""
+        job = self.jobs.get(req_id)
+        if job is None or job.final:
+            return
+        job.live[fetcher] = max(job.live.get(fetcher, 0), int(total))
+        job.sample_bytes()
 
     @writes
     def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str]) -> None:
@@ -285,6 +328,7 @@ class State:
         added = job.table.record(rows)
         if added:
             self.store.save_results(req_id, rows)
+            job.sample_bytes()
         job.touch()
         return added
 
@@ -458,6 +502,10 @@ class State:
             "nodes_used": job.nodes_used,
             "verified_hit_count": 0 if table is None else table.verified_hit_count,
             "warm_ratio": None if table is None else table.warm_ratio,
+            "bytes_wasted": 0 if table is None else table.bytes_wasted,
+            "bytes_received": job.bytes_received(),
+            "byte_rate": job.byte_rate(),
+            "already_warm_count": 0 if table is None else table.already_warm_count,
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -491,6 +539,10 @@ class State:
             "cold_pairs": cold,
             "cold_pair_count": cold_count,
             "retry_of": job.request.get("retry_of"),
+            "download_size": table.download_size,
+            "bytes_wasted": table.bytes_wasted,
+            "byte_rate": job.byte_rate(),
+            "already_warm_count": table.already_warm_count,
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -544,7 +596,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
         "instance_count": job.instance_count, "report_key": job.report_key,
         "request": job.request, "variants": job.variants, "api_base": job.api_base,
-        "webhook": job.webhook,
+        "webhook": job.webhook, "fetch_started": job.fetch_started,
     }
 
 
@@ -559,7 +611,7 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
               instance_count=meta.get("instance_count", 1), report_key=meta.get("report_key"),
               request=meta.get("request") or {}, variants=meta.get("variants") or [""],
               selected=[tuple(t) for t in meta["selected"]] if meta.get("selected") is not None else None,
-              api_base=meta.get("api_base", ""), webhook=meta.get("webhook"))
+              api_base=meta.get("api_base", ""), webhook=meta.get("webhook"), fetch_started=meta.get("fetch_started"))
     return job
 
 

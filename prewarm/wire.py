@@ -8,17 +8,21 @@ fetch than the exchange itself. This client writes one prebuilt request and pars
 What it keeps from a viewer's fetch: the URL's host (and non-default port) in ``Host``, the URL's host as
 TLS SNI with the certificate verified against it, no redirect followed, the body read to its end
 (Content-Length, chunked, or until close) and a short body reported as truncated. Every connect and
-exchange runs under a deadline. Connections are pooled per (address, scheme, host, port) so a TLS
-session is only reused for the host it was verified for.
+exchange runs under limits that fit a body of any length (``Limits``): a time to the response head, then no cut
+for length, only for a stall (no body byte for a while), a rate under a floor, or the job's end. Connections
+are pooled per (address, scheme, host, port) so a TLS session is only reused for the host it was verified for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -26,8 +30,8 @@ MAX_HEAD_BYTES = 64 * 1024
 IDLE_TIMEOUT_S = 30.0
 """An idle pooled connection older than this is closed rather than reused (edges drop them anyway)."""
 DEADLINE_CHECK_S = 0.05
-"""How often a pool with exchanges in flight looks for passed deadlines: an exchange fails at most this
-late. One check per pool replaces a timer per request, which cost ~6% of a cached fetch's CPU."""
+"""How often a pool with exchanges in flight checks their limits: an exchange fails at most this late. One
+check per pool replaces a timer per request (a timer per request was a measurable share of a cached fetch)."""
 _NO_BODY_STATUSES = frozenset({204, 304})
 _TARGET_SAFE = "!$%&'()*+,/:;=?@~"
 _NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
@@ -40,11 +44,32 @@ _IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_C
 class WireError(Exception):
     """A failed exchange, already classified the way the report classifies it."""
 
-    def __init__(self, error_class: str, message: str, *, stale: bool = False) -> None:
+    def __init__(self, error_class: str, message: str, *, stale: bool = False, nbytes: int = 0) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
         self.stale = stale  # nothing came back on a reused connection: the edge may have closed it idle
+        self.nbytes = nbytes  # body bytes that arrived before it failed (received, and warmed nothing)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """When an exchange gives up. A body is never cut for being long: only for silence or a trickle.
+
+    ``head_s``: time from sending the request to the end of the response head. ``stall_s``: longest wait for
+    the next body byte. ``min_rate``: body bytes per second averaged over ``rate_window_s`` (0: no floor).
+    """
+
+    head_s: float
+    stall_s: float = math.inf
+    min_rate: float = 0.0
+    rate_window_s: float = 30.0
+
+
+class ByteGate(Protocol):
+    """A job's byte-rate cap as a connection sees it: ``take(n)`` returns how long to stop reading."""
+
+    def take(self, n: int) -> float: ...
 
 
 class Response:
@@ -54,7 +79,7 @@ class Response:
     block costs a fraction of parsing every line (the largest Python cost of a fetch once measured).
     """
 
-    __slots__ = ("_block", "_lower", "content_length", "nbytes", "reason", "status")
+    __slots__ = ("_block", "_lower", "content_length", "nbytes", "oversize", "reason", "status")
 
     def __init__(self, status: int, reason: str, block: str) -> None:
         self.status = status
@@ -63,6 +88,7 @@ class Response:
         self._lower = block.lower()
         self.nbytes = 0
         self.content_length: int | None = None
+        self.oversize = False  # the head announced more than the caller's max_body: the body was not read
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (given in lower case), the last one if repeated; None if absent."""
@@ -135,9 +161,10 @@ def header_block(headers: Mapping[str, str]) -> str:
     return "".join(lines) + "\r\n"
 
 
-def build_head(method: str, target: Target, block: str) -> bytes:
-    """The request head: request line, ``Host`` (the URL's), then the prebuilt header block."""
-    return f"{method} {target.target} HTTP/1.1\r\nHost: {target.host_header}\r\n{block}".encode()
+def build_head(method: str, target: Target, block: str, extra: str = "") -> bytes:
+    """The request head: request line, ``Host`` (the URL's), ``extra`` header lines (each ending in CRLF, such
+    as a ``Range``), then the prebuilt header block."""
+    return f"{method} {target.target} HTTP/1.1\r\nHost: {target.host_header}\r\n{extra}{block}".encode()
 
 
 class Connection(asyncio.Protocol):
@@ -151,14 +178,23 @@ class Connection(asyncio.Protocol):
         self.used = 0
         self.idle_since = 0.0
         self._waiter: asyncio.Future[Response] | None = None
-        self.deadline = 0.0  # of the exchange in flight (its pool's deadline check enforces it)
         self._state = _IDLE
         self._buf = b""
         self._head_only = False
         self._remaining = 0
         self._received = False
         self._resp: Response | None = None
-        self._timeout_s = 0.0
+        # The exchange in flight's limits, checked by its pool (``check``), in loop time.
+        self._limits = Limits(head_s=math.inf)
+        self.head_deadline = math.inf
+        self.end_deadline = math.inf  # the job's: bounds the whole exchange
+        self._max_body: int | None = None
+        self.gate: ByteGate | None = None
+        self._seen = 0  # body bytes at the last check that saw progress ...
+        self._progress_at = 0.0  # ... and when
+        self._window_at = 0.0  # the rate floor's window: its start and the body bytes then
+        self._window_bytes = 0
+        self._paused_at: float | None = None  # reading paused by the byte-rate cap since then
 
     # asyncio.Protocol
 
@@ -178,7 +214,9 @@ class Connection(asyncio.Protocol):
                 message = f"{resp.nbytes} of {resp.content_length} bytes"
             else:
                 message = f"chunked body cut off after {resp.nbytes} bytes"
-            self._fail(WireError("truncated", message))
+            if exc is not None:
+                message += f" ({type(exc).__name__}: {exc})"
+            self._fail(WireError("truncated", message, nbytes=resp.nbytes))
         else:
             why = f"{type(exc).__name__}: {exc}" if exc else "ServerDisconnectedError: the server closed the connection"
             self._fail(WireError("connection", why, stale=not self._received and self.used > 1))
@@ -196,25 +234,50 @@ class Connection(asyncio.Protocol):
         state = self._state
         if state == _LENGTH:  # the hot path: the rest of a Content-Length body, counted, never stored
             self._count_length_body(len(data))
-            return
-        if state == _UNTIL_CLOSE:
+        elif state == _UNTIL_CLOSE:
             assert self._resp is not None
             self._resp.nbytes += len(data)
+        else:
+            self._buf += data
+            try:
+                self._parse()
+            except WireError as exc:
+                self.reusable = False
+                self._fail(exc)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        if self.gate is not None:
+            pause = self.gate.take(len(data))
+            if pause > 0:
+                self._pause(pause)
+
+    def _pause(self, seconds: float) -> None:
+        """Stop reading for ``seconds`` (the byte-rate cap): the kernel's window then slows the sender."""
+        if self.transport is None or self.transport.is_closing() or self._paused_at is not None:
             return
-        self._buf += data
-        try:
-            self._parse()
-        except WireError as exc:
-            self.reusable = False
-            self._fail(exc)
-            if self.transport is not None:
-                self.transport.close()
+        self.transport.pause_reading()
+        self._paused_at = self.loop.time()
+        self.loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        paused_at, self._paused_at = self._paused_at, None
+        if paused_at is not None:  # time held back by the cap is neither a stall nor a slow edge
+            held = self.loop.time() - paused_at
+            self._progress_at += held
+            self._window_at += held
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # requests
 
-    def request(self, head: bytes, head_only: bool, deadline: float, timeout_s: float) -> asyncio.Future[Response]:
-        """Send one request; the future resolves with its answer or fails with a :class:`WireError`
-        (``timeout_s``, the exchange's whole allowance, is only for the message if ``deadline`` passes)."""
+    def request(self, head: bytes, head_only: bool, limits: Limits, end_deadline: float = math.inf,
+                max_body: int | None = None) -> asyncio.Future[Response]:
+        """Send one request; the future resolves with its answer or fails with a :class:`WireError`.
+
+        ``end_deadline`` (loop time) bounds the whole exchange; ``max_body``: an answer whose head announces a
+        longer body resolves at its head with ``oversize`` set, its body unread (the connection is not reused).
+        """
         waiter = self.loop.create_future()
         self._waiter = waiter
         self._state = _HEAD
@@ -222,9 +285,11 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self._received = False
         self._resp = None
-        self._timeout_s = timeout_s
+        self._limits = limits
+        self._max_body = max_body
         self.used += 1
-        self.deadline = deadline
+        self.head_deadline = self.loop.time() + limits.head_s
+        self.end_deadline = end_deadline
         assert self.transport is not None
         self.transport.write(head)
         return waiter
@@ -233,19 +298,48 @@ class Connection(asyncio.Protocol):
     def in_flight(self) -> bool:
         return self._waiter is not None and not self._waiter.done()
 
+    @property
+    def body_bytes(self) -> int:
+        """Body bytes of the answer being read (0 before its head)."""
+        return 0 if self._resp is None else self._resp.nbytes
+
     def close(self) -> None:
         self.closed = True
         self.reusable = False
         if self.transport is not None:
             self.transport.close()
 
-    def expire(self) -> None:
-        """The exchange's deadline passed: fail it and drop the connection (its answer may still come)."""
-        self._fail(WireError("fetch_timeout", f"no complete answer within {self._timeout_s:g} s"))
+    def check(self, now: float) -> bool:
+        """Fail the exchange in flight if one of its limits passed; True while it goes on."""
+        resp = self._resp
+        if resp is None:  # waiting for the head
+            if now >= self.head_deadline:
+                return self._give_up("fetch_timeout", f"no response head within {self._limits.head_s:g} s", 0)
+        elif self._paused_at is None:  # a body arriving (held back by the byte-rate cap: not its fault)
+            limits, nbytes = self._limits, resp.nbytes
+            if nbytes != self._seen:
+                self._seen, self._progress_at = nbytes, now
+            elif now - self._progress_at >= limits.stall_s:
+                return self._give_up("stall", f"no body byte for {limits.stall_s:g} s after {nbytes} bytes", nbytes)
+            if limits.min_rate and now - self._window_at >= limits.rate_window_s:
+                rate = (nbytes - self._window_bytes) / (now - self._window_at)
+                if rate < limits.min_rate:
+                    return self._give_up("too_slow", f"{rate:.0f} bytes/s over {now - self._window_at:.0f} s, under "
+                                         f"the floor of {limits.min_rate:g} bytes/s, after {nbytes} bytes", nbytes)
+                self._window_at, self._window_bytes = now, nbytes
+        if now >= self.end_deadline:
+            nbytes = 0 if resp is None else resp.nbytes
+            return self._give_up("timeout", f"the job's deadline passed after {nbytes} body bytes", nbytes)
+        return True
+
+    def _give_up(self, error_class: str, message: str, nbytes: int) -> bool:
+        """Fail the exchange and drop the connection (its answer may still come); False, for ``check``."""
+        self._fail(WireError(error_class, message, nbytes=nbytes))
         self.closed = True
         self.reusable = False
         if self.transport is not None:
             self.transport.abort()
+        return False
 
     def _count_length_body(self, n: int) -> None:
         """``n`` more bytes of a Content-Length body; bytes past its end make the connection unusable."""
@@ -371,6 +465,15 @@ class Connection(asyncio.Protocol):
                 raise WireError("connection", f"invalid Content-Length {value[:40]!r}")
             resp.content_length = int(value)
         chunked = "chunked" in (resp.header("transfer-encoding") or "").lower()
+        self._seen, self._window_bytes = 0, 0
+        self._progress_at = self._window_at = self.loop.time()
+        if (self._max_body is not None and resp.content_length is not None and resp.content_length > self._max_body
+                and not self._head_only and status not in _NO_BODY_STATUSES):
+            resp.oversize = True  # the caller fetches it otherwise (in ranges): the body is left unread
+            resp.nbytes = min(len(self._buf), resp.content_length)
+            self.reusable = False
+            self._finish(resp)
+            return True
         if self._head_only or status in _NO_BODY_STATUSES:
             if self._buf:
                 self.reusable = False
@@ -440,18 +543,19 @@ class Pool:
             self._check = asyncio.get_running_loop().call_later(DEADLINE_CHECK_S, self._expire_passed)
 
     def _expire_passed(self) -> None:
-        """Fail every exchange past its deadline; check again later while any is still in flight."""
+        """Fail every exchange past one of its limits; check again later while any is still in flight."""
         self._check = None
         now = asyncio.get_running_loop().time()
         waiting = False
         for conn in list(self._all):
-            if conn.in_flight:
-                if now >= conn.deadline:
-                    conn.expire()
-                else:
-                    waiting = True
+            if conn.in_flight and conn.check(now):
+                waiting = True
         if waiting:
             self.watch()
+
+    def body_bytes_in_flight(self) -> int:
+        """Body bytes received so far by the exchanges still in flight (for a live byte rate)."""
+        return sum(conn.body_bytes for conn in self._all if conn.in_flight)
 
     def discard(self, conn: Connection) -> None:
         conn.close()
@@ -479,7 +583,7 @@ class Pool:
                     server_hostname=target.host.rstrip(".") if tls else None,
                 )
         except TimeoutError:
-            raise WireError("fetch_timeout", f"no connection to {self.address}:{target.port} within "
+            raise WireError("connect_timeout", f"no connection to {self.address}:{target.port} within "
                             f"{timeout:g} s") from None
         except ssl.SSLError as exc:  # certificate verification failures included
             raise WireError("tls", f"{type(exc).__name__}: {exc} (connecting to {self.address}:{target.port} "
@@ -491,20 +595,24 @@ class Pool:
         return conn
 
 
-async def exchange(pool: Pool, target: Target, head: bytes, head_only: bool, timeout_s: float) -> Response:
-    """One request and its full answer within ``timeout_s``.
+async def exchange(pool: Pool, target: Target, head: bytes, head_only: bool, limits: Limits,
+                   end_deadline: float = math.inf, gate: ByteGate | None = None,
+                   max_body: int | None = None) -> Response:
+    """One request and its full answer, within ``limits`` and ``end_deadline`` (loop time); ``gate``: the byte-rate
+    cap the body is read under; ``max_body``: see ``Connection.request``.
 
     A reused connection that closes before any byte of the answer is replaced once by a fresh one, as
     aiohttp does: the edge closed it while idle, so the request never reached it (not an attempt).
     """
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    connect_by = min(end_deadline, asyncio.get_running_loop().time() + limits.head_s)
     conn = pool.take(target)
     while True:
         reused = conn is not None
         if conn is None:
-            conn = await pool.connect(target, deadline)
+            conn = await pool.connect(target, connect_by)
+        conn.gate = gate
         try:
-            answer = conn.request(head, head_only, deadline, timeout_s)
+            answer = conn.request(head, head_only, limits, end_deadline, max_body)
             pool.watch()
             resp = await answer
         except WireError as exc:

@@ -6,6 +6,10 @@ Used by the integration tests, the benchmarks, and by users to try the service w
         os.environ.update(tb.env())
         ...  # warm tb.url("/obj/1kb/a") through every POP
 
+For large objects the origin paces (``/fault/rate/``), stalls (``/fault/stall/``) and answers
+Range requests that the edges cache per range; ``origin_sent()`` says what the origin sent and
+``Testbed(edge_log=True)`` with ``edge_log()`` what each edge served.
+
 Needs Linux (all of 127.0.0.0/8 on ``lo``), nginx, dnsmasq and openssl, and root (or the right
 to bind ports 80/443).
 """

@@ -2,6 +2,7 @@
 
 One testbed = an aiohttp origin, one nginx with a caching server block per POP, and dnsmasq, all
 on its own 127.<slot>.0.0/16 slice (see ``net``), so several testbeds can run at once.
+``edge_log=True`` makes the edges write an access log that ``edge_log()`` reads back.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Testbed:
     """A running (after ``start()``) local CloudFront: origin, per-POP edge caches, DNS and a CA.
 
     Attributes filled by ``start()``: ``pop_addresses``, ``nameserver``, ``ca_file``, ``origin_url``.
+    ``edge_log=True`` turns on the edges' access log (``edge_log()``; off by default, it costs CPU).
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -89,11 +91,12 @@ class Testbed:
     def __init__(self, *, pops: Iterable[str] | None = None, extra_pops: Iterable[str] = (),
                  hosts: Iterable[str] = ("www.example.com", "static.example.com"),
                  distribution: str = "d111111abcdef8", two_address_pops: Iterable[str] = (),
-                 workdir: str | Path | None = None) -> None:
+                 workdir: str | Path | None = None, edge_log: bool = False) -> None:
         self.pops: list[str] = _dedupe([*(catalog_pops() if pops is None else pops), *extra_pops])
         self.hosts: list[str] = _dedupe(h.lower().rstrip(".") for h in hosts)
         self.distribution = distribution
         self.two_address_pops: list[str] = _dedupe(two_address_pops)
+        self.edge_logging = bool(edge_log)
         if not self.pops:
             raise ValueError("a testbed needs at least one POP")
         bad = [p for p in self.pops if not _POP_RE.match(p)]
@@ -190,7 +193,8 @@ class Testbed:
         nginx_conf = prefix / "nginx.conf"
         origin_hostport = f"{origin_host}:{origin_port}"
         nginx_conf.write_text(edges.nginx_conf(prefix, self.pops, self.pop_addresses, origin_hostport,
-                                               tls.server_cert, tls.server_key))
+                                               tls.server_cert, tls.server_key, edge_log=self.edge_logging))
+        edges.edge_log_path(prefix).unlink(missing_ok=True)  # a reused workdir starts with an empty log
         dns_conf = wd / "dnsmasq.conf"
         dns_conf.write_text(dnsmasq.dnsmasq_conf(wd, dns_host, dns_port, self.distribution,
                                                  self.pop_addresses, self.hosts))
@@ -309,12 +313,50 @@ class Testbed:
         """Every request the origin counted: (unix time, method, path, edge), oldest first."""
         return [tuple(r) for r in self._origin_call("GET", "/_control/log")["requests"]]  # type: ignore[misc]
 
+    def origin_sent(self) -> list[dict[str, Any]]:
+        """Bodies the origin sent, grouped by (path, edge, Range header or ""), first seen first:
+        ``[{"path", "edge", "range", "bytes", "complete"}, ...]``; ``bytes`` counts partial sends too,
+        ``complete`` how many bodies went out to their end. HEAD answers (no body) are not listed."""
+        rows: list[dict[str, Any]] = self._origin_call("GET", "/_control/sent")["sent"]
+        return rows
+
+    @property
+    def edge_log_path(self) -> Path:
+        """``<workdir>/nginx/logs/edge.log``, written only with ``edge_log=True``."""
+        if self.workdir is None:
+            raise TestbedError("testbed not started")
+        return edges.edge_log_path(self.workdir / "nginx")
+
+    def edge_log(self) -> list[dict[str, Any]]:
+        """The edges' access log, oldest first: one dict per request with ``time`` (float, unix),
+        ``pop``, ``method``, ``uri``, ``status`` (int), ``bytes`` (body bytes sent, int), ``range``
+        and ``cache`` ("" when nginx logged "-"), ``request_time`` (float, seconds).
+
+        nginx writes a line as the request ends, just after the last byte went out, so a line can
+        lag the client's read of the response by a moment.
+        """
+        if not self.edge_logging:
+            raise TestbedError("the edge log is off: start the Testbed with edge_log=True")
+        try:
+            text = self.edge_log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in text.splitlines():
+            f = line.split("\t")
+            if len(f) != len(edges.EDGE_LOG_FIELDS):
+                continue  # a line being written right now
+            rows.append({"time": float(f[0]), "pop": f[1], "method": f[2], "uri": f[3], "status": int(f[4]),
+                         "bytes": int(f[5]), "range": "" if f[6] == "-" else f[6],
+                         "cache": "" if f[7] == "-" else f[7], "request_time": float(f[8])})
+        return rows
+
     def add_fault(self, rule: dict[str, Any]) -> None:
         """Install an origin fault rule (see ``prewarm.testbed.origin.Rule`` for the keys)."""
         self._origin_call("POST", "/_control/faults", rule)
 
     def reset(self) -> None:
-        """Purge every POP cache and clear the origin's counters and fault rules.
+        """Purge every POP cache, clear the origin's counters and fault rules, empty the edge log.
 
         The second purge catches a cache file that nginx renamed into place just after the
         first one (nginx may finish writing it right after the client got the last byte).
@@ -324,6 +366,9 @@ class Testbed:
         edges.purge(self.workdir / "nginx", self.pops)
         self._origin_call("POST", "/_control/reset")
         edges.purge(self.workdir / "nginx", self.pops)
+        if self.edge_logging:
+            with contextlib.suppress(FileNotFoundError), self.edge_log_path.open("r+b") as log:
+                log.truncate(0)  # nginx appends (O_APPEND): its next line starts the file again
 
     # -- state (shared with ``prewarm testbed up/down``) ----------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -331,7 +376,8 @@ class Testbed:
         return {
             "version": 1, "workdir": str(self.workdir), "slot": self.slot, "pops": self.pops,
             "hosts": self.hosts, "distribution": self.distribution,
-            "two_address_pops": self.two_address_pops, "cf_domain": self.cf_domain,
+            "two_address_pops": self.two_address_pops, "edge_log": self.edge_logging,
+            "cf_domain": self.cf_domain,
             "pop_addresses": self.pop_addresses, "nameserver": self.nameserver, "ca_file": self.ca_file,
             "origin_url": self.origin_url, "env": self.env(),
             "processes": [{"name": c.name, "pid": c.pid, "marker": c.marker} for c in self._children],
@@ -354,7 +400,8 @@ class Testbed:
         """Attach to a testbed started elsewhere (e.g. by ``prewarm testbed up``); ``stop()`` works."""
         state = json.loads((Path(path) / STATE_FILE).read_text())
         tb = cls(pops=state["pops"], hosts=state["hosts"], distribution=state["distribution"],
-                 two_address_pops=state["two_address_pops"], workdir=state["workdir"])
+                 two_address_pops=state["two_address_pops"], workdir=state["workdir"],
+                 edge_log=bool(state.get("edge_log", False)))
         tb.slot = state["slot"]
         tb.pop_addresses = {k: list(v) for k, v in state["pop_addresses"].items()}
         tb.nameserver, tb.ca_file, tb.origin_url = state["nameserver"], state["ca_file"], state["origin_url"]

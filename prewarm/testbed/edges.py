@@ -12,8 +12,26 @@ never retries (``proxy_next_upstream off``), passes origin errors through unchan
 200/206 (for 10 min unless the origin's Cache-Control says otherwise; ``no-store`` is honoured),
 and, as CloudFront does, turns a HEAD into a GET toward the origin so it can fill the cache.
 Concurrent misses for one object are not collapsed (``proxy_cache_lock`` is off). The cache key
-is the host, the path with query and, as with CloudFront's compression settings, the viewer's
-Accept-Encoding normalised to br, gzip or none: each is its own cached variant.
+is the host, the path with query, as with CloudFront's compression settings the viewer's
+Accept-Encoding normalised to br, gzip or none, and the viewer's Range header: each is its own
+cached variant.
+
+Range GETs, as in CloudFront's "How CloudFront processes partial requests for an object": on a miss
+the viewer's ``Range`` (and ``If-Range``) go to the origin, whose 206 is served and cached under
+that range, so the same range again through the same POP is a hit (a HEAD with that Range too: the
+HEAD's key is the GET's). Range-keyed caching rather than the ``slice`` module: slice would send
+every GET, small objects included, to the origin as a 1 MiB-aligned range and ``X-Cache`` would
+reflect only the first slice, while CloudFront forwards the viewer's range and says exactly
+hit or miss. Limits: CloudFront serves a range from a whole cached object and may widen a range
+toward the origin; here a range is a hit only after that same range was fetched through the POP.
+nginx answers a HEAD that missed as soon as the origin's headers arrive and stores the object a
+moment later, so a request right after such a HEAD can miss again (a GET then a HEAD is exact).
+nginx drops the origin's ``Accept-Ranges`` on 206 answers (it adds its own on 200s).
+
+Access log (``edge_log=True`` only; off by default because it costs CPU in benchmarks):
+``logs/edge.log``, one tab-separated line per request, written when the request ends (no
+buffer): ``$msec``, POP, method, URI, status, body bytes sent, Range ("-" if none), upstream cache
+status ("-" if none), request time. Fields are escaped by nginx (no raw tabs or newlines).
 
 ``Age`` without njs/perl/lua (nginx-light has none): the origin sends ``X-Origin-Epoch`` (unix
 seconds when it answered), which nginx stores with the cached object and exposes again as
@@ -75,11 +93,30 @@ def _age_maps() -> str:
     return "\n    ".join(out)
 
 
+EDGE_LOG = "edge.log"
+EDGE_LOG_FIELDS = ("$msec", "{pop}", "$request_method", "$request_uri", "$status", "$body_bytes_sent",
+                   "$http_range", "$upstream_cache_status", "$request_time")
+
+
+def edge_log_path(prefix: Path) -> Path:
+    """The access log that ``nginx_conf(..., edge_log=True)`` writes."""
+    return prefix / "logs" / EDGE_LOG
+
+
+def _edge_log_formats(pops: Sequence[str]) -> str:
+    """One ``log_format`` per POP (its code is a constant in the line: no per-request work)."""
+    return "\n    ".join(
+        f"log_format tb_edge_{i} '" + "\\t".join(EDGE_LOG_FIELDS).replace("{pop}", pop) + "';"
+        for i, pop in enumerate(pops))
+
+
 def nginx_conf(prefix: Path, pops: Sequence[str], pop_addresses: Mapping[str, Sequence[str]],
-               origin: str, cert: Path, key: Path, http_port: int = 80, https_port: int = 443) -> str:
+               origin: str, cert: Path, key: Path, http_port: int = 80, https_port: int = 443,
+               edge_log: bool = False) -> str:
     """Full nginx.conf text for the given POPs; ``origin`` is "host:port"."""
     user = "user root root;\n" if os.geteuid() == 0 else ""
     temp = prefix / "tmp"
+    formats = f"\n    {_edge_log_formats(pops)}\n" if edge_log else ""
     lines = [f"""{user}worker_processes {min(4, os.cpu_count() or 1)};
 daemon off;
 pid {prefix / "nginx.pid"};
@@ -108,22 +145,25 @@ http {{
     upstream tb_origin {{ server {origin}; keepalive 64; }}
 
     {_age_maps()}
-"""]
+{formats}"""]
     for i, pop in enumerate(pops):
         cache = prefix / "cache" / pop
         listens = "".join(f"        listen {a}:{http_port};\n        listen {a}:{https_port} ssl;\n"
                           for a in pop_addresses[pop])
+        log = f"        access_log {edge_log_path(prefix)} tb_edge_{i};\n" if edge_log else ""
         lines.append(f"""
     proxy_cache_path {cache} keys_zone=tb_{i}:16m max_size=1g inactive=7d use_temp_path=off;
     server {{
 {listens}        server_name _;
-        location /_control/ {{ return 404; }}
+{log}        location /_control/ {{ return 404; }}
         location / {{
             proxy_pass http://tb_origin;
             proxy_http_version 1.1;
             proxy_set_header Host $host;
             proxy_set_header Connection "";
             proxy_set_header X-Edge-Pop {pop};
+            proxy_set_header Range $http_range;
+            proxy_set_header If-Range $http_if_range;
             proxy_buffering on;
             proxy_intercept_errors off;
             proxy_next_upstream off;
@@ -131,7 +171,7 @@ http {{
             proxy_send_timeout 60s;
             proxy_read_timeout 60s;
             proxy_cache tb_{i};
-            proxy_cache_key $host$request_uri|$tb_encoding;
+            proxy_cache_key $host$request_uri|$tb_encoding|$http_range;
             proxy_cache_valid 200 206 10m;
             add_header X-Cache $tb_x_cache always;
             add_header X-Amz-Cf-Pop {pop} always;

@@ -10,6 +10,11 @@ Paths (``...`` is the rest of the path, parsed again, so faults can be chained):
     /fault/status/<code>/...           answer <code> with a small body
     /fault/delay/<ms>/...              wait before sending headers
     /fault/slowbody/<ms>/...           send the body in pieces spread over <ms>
+    /fault/rate/<bytes_per_s>/...      send the body at that average rate (headers at once; pieces
+                                       of at most 64 KiB, each released when a link of that rate
+                                       would have delivered it, on a monotonic schedule)
+    /fault/stall/<after_bytes>/<ms>/... send the first <after_bytes> bytes of the body, then nothing
+                                       for <ms>, then the rest (no stall if the body is not longer)
     /fault/reset/...                   abort the connection (RST) without a response
     /fault/truncate/...                declare Content-Length N, send N/2 bytes, close
     /fault/retry-after/<code>/<s>/...  answer <code> (429/503) with ``Retry-After: <s>``
@@ -19,7 +24,18 @@ Paths (``...`` is the rest of the path, parsed again, so faults can be chained):
 
 When ``...`` is itself ``obj/<size>/<name>`` that object is served after the fault; otherwise
 a 1 KiB object is served. Control endpoints (not counted): ``POST /_control/faults``,
-``GET /_control/faults``, ``GET /_control/counts``, ``POST /_control/reset``.
+``GET /_control/faults``, ``GET /_control/counts``, ``GET /_control/sent``, ``GET /_control/log``,
+``POST /_control/reset``. Rule keys (``Rule.from_json``): path, status, count, per_edge,
+retry_after, delay_ms, slowbody_ms, rate (bytes/s), stall_after and stall_ms (bytes, ms), action
+(reset, truncate, nocache), headers, body.
+
+Ranges (RFC 9110): every 200 answer says ``Accept-Ranges: bytes``; a GET or HEAD of it with one
+range (``Range: bytes=a-b``, ``bytes=a-`` or ``bytes=-n``) gets 206 with ``Content-Range: bytes
+a-b/size`` and exactly those bytes, same ETag and Cache-Control; a range that starts at or beyond
+the end (or ``bytes=-0``, or any range of an empty object) gets 416 with ``Content-Range: bytes
+*/size`` and ``Cache-Control: no-store``. A multi-range or malformed Range, or an ``If-Range`` that
+is not the object's ETag, is ignored (full 200). rate, stall, slowbody and truncate apply to the
+range's body.
 
 Requests are counted by (method, path, edge), and again by (method, path, edge, encoding) where
 the encoding is the request's ``Accept-Encoding`` normalised as CloudFront's cache key does it
@@ -28,6 +44,12 @@ rate checks). The edge is the ``X-Edge-Pop`` request header
 that the testbed nginx adds ("-" for direct requests). nginx's proxy_cache turns HEAD into GET
 toward the origin (``proxy_cache_convert_head on``, as CloudFront does), so a HEAD sent to a POP
 is counted here as a GET.
+
+What was sent: each counts row also has ``bytes``, the body bytes the origin handed to that key's
+connections (partial sends included, counted as each piece is written), and ``complete``, how many
+bodies went out to their end (error and 416 bodies count too; a HEAD answer has no body and adds to
+neither). ``GET /_control/sent`` groups the bodies sent (not HEAD) by (path, edge, Range header or
+""): ``{"sent": [{"path", "edge", "range", "bytes", "complete"}, ...]}``, first seen first.
 """
 
 from __future__ import annotations
@@ -44,9 +66,10 @@ import socket
 import struct
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -63,6 +86,11 @@ CACHEABLE = "public, max-age=3600"
 _SIZE_RE = re.compile(r"^(\d+)(b|kb|mb)$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 1024, "mb": 1024 * 1024}
 _BLOCK = 64 * 1024
+RATE_TICKS = 20  # with a byte rate, pieces hold at most 1/20 s of it, so the body flows evenly
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+Sent = Callable[[int, bool], None]  # records n body bytes written; True once the body is complete
 
 
 class FaultSpecError(ValueError):
@@ -79,6 +107,9 @@ class Plan:
     is_object: bool = False
     delay_ms: int = 0
     slowbody_ms: int = 0
+    rate: int = 0  # bytes/s, 0 = as fast as possible
+    stall_after: int = 0
+    stall_ms: int = 0
     reset: bool = False
     truncate: bool = False
     nocache: bool = False
@@ -99,6 +130,9 @@ class Rule:
     retry_after: str | None = None
     delay_ms: int = 0
     slowbody_ms: int = 0
+    rate: int = 0
+    stall_after: int = 0
+    stall_ms: int = 0
     action: str | None = None  # "reset", "truncate" or "nocache"
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
@@ -122,7 +156,7 @@ class Rule:
     def from_json(cls, data: dict[str, Any]) -> Rule:
         """Build a rule from the control payload, rejecting unknown keys so typos show up."""
         known = {"path", "status", "count", "per_edge", "retry_after", "delay_ms", "slowbody_ms",
-                 "action", "headers", "body"}
+                 "rate", "stall_after", "stall_ms", "action", "headers", "body"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown rule keys: {sorted(unknown)}")
@@ -132,6 +166,9 @@ class Rule:
         if action not in (None, "reset", "truncate", "nocache"):
             raise ValueError("action must be one of reset, truncate, nocache")
         retry_after = data.get("retry_after")
+        rate, stall_after, stall_ms = (int(data.get(k) or 0) for k in ("rate", "stall_after", "stall_ms"))
+        if min(rate, stall_after, stall_ms) < 0:
+            raise ValueError("rate, stall_after and stall_ms must not be negative")
         return cls(
             path=data["path"],
             status=int(data["status"]) if data.get("status") is not None else None,
@@ -140,6 +177,9 @@ class Rule:
             retry_after=str(retry_after) if retry_after is not None else None,
             delay_ms=int(data.get("delay_ms", 0)),
             slowbody_ms=int(data.get("slowbody_ms", 0)),
+            rate=rate,
+            stall_after=stall_after,
+            stall_ms=stall_ms,
             action=action,
             headers={str(k): str(v) for k, v in (data.get("headers") or {}).items()},
             body=data.get("body"),
@@ -149,7 +189,8 @@ class Rule:
         """Rule as shown by ``GET /_control/faults``."""
         return {"path": self.path, "status": self.status, "count": self.count, "per_edge": self.per_edge,
                 "retry_after": self.retry_after, "delay_ms": self.delay_ms,
-                "slowbody_ms": self.slowbody_ms, "action": self.action, "headers": self.headers,
+                "slowbody_ms": self.slowbody_ms, "rate": self.rate, "stall_after": self.stall_after,
+                "stall_ms": self.stall_ms, "action": self.action, "headers": self.headers,
                 "body": self.body, "used": dict(self.used)}
 
 
@@ -174,11 +215,33 @@ def parse_size(text: str) -> int | None:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
-def _int(value: str, what: str) -> int:
+def _int(value: str, what: str, minimum: int | None = None) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise FaultSpecError(f"bad {what}: {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise FaultSpecError(f"{what} must be at least {minimum}, not {number}")
+    return number
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | None:
+    """One byte range of a ``size``-byte object: (first, last) inclusive, False if unsatisfiable,
+    None if the header is to be ignored (malformed, or more than one range)."""
+    m = _RANGE_RE.match(header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:  # suffix range: the last n bytes
+        n = int(last)
+        return (size - min(n, size), size - 1) if n > 0 and size > 0 else False
+    a = int(first)
+    b = int(last) if last else size - 1
+    if last and b < a:
+        return None  # invalid range-spec: the header is ignored
+    if a >= size:
+        return False
+    return a, min(b, size - 1)
 
 
 class Origin:
@@ -191,6 +254,9 @@ class Origin:
         self.rules: list[Rule] = []
         self.by_encoding: Counter[tuple[str, str, str, str]] = Counter()
         self.log: deque[tuple[float, str, str, str]] = deque(maxlen=LOG_SIZE)
+        # (method, path, edge, Range or "") -> [body bytes written, bodies sent to their end]; one
+        # dict serves both views (counts by request key, /_control/sent by range) to stay small.
+        self.sent: dict[tuple[str, str, str, str], list[int]] = {}
 
     # -- control -------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -198,13 +264,20 @@ class Origin:
         self.counts.clear()
         self.by_encoding.clear()
         self.log.clear()
+        self.sent.clear()
         self.first_seen.clear()
         self.fail_first.clear()
         self.rules.clear()
 
     def counts_json(self) -> dict[str, Any]:
         """Counts in the shape documented for ``GET /_control/counts``."""
-        rows = [{"method": m, "path": p, "edge": e, "count": c}
+        by_key: dict[tuple[str, str, str], list[int]] = {}
+        for (m, p, e, _), (nbytes, done) in self.sent.items():
+            total = by_key.setdefault((m, p, e), [0, 0])
+            total[0] += nbytes
+            total[1] += done
+        rows = [{"method": m, "path": p, "edge": e, "count": c,
+                 "bytes": by_key.get((m, p, e), (0, 0))[0], "complete": by_key.get((m, p, e), (0, 0))[1]}
                 for (m, p, e), c in sorted(self.counts.items(), key=lambda kv: self.first_seen[kv[0]])]
         encodings = [{"method": m, "path": p, "edge": e, "encoding": enc, "count": c}
                      for (m, p, e, enc), c in self.by_encoding.items()]
@@ -212,6 +285,17 @@ class Origin:
 
     async def h_counts(self, request: web.Request) -> web.Response:
         return web.json_response(self.counts_json())
+
+    async def h_sent(self, request: web.Request) -> web.Response:
+        """Bodies sent, by (path, edge, Range): ``{"sent": [{"path", "edge", "range", "bytes", "complete"}]}``."""
+        rows: dict[tuple[str, str, str], list[int]] = {}
+        for (_, p, e, r), (nbytes, done) in self.sent.items():
+            total = rows.setdefault((p, e, r), [0, 0])
+            total[0] += nbytes
+            total[1] += done
+        return web.json_response({"sent": [
+            {"path": p, "edge": e, "range": r, "bytes": b, "complete": c}
+            for (p, e, r), (b, c) in rows.items()]})
 
     async def h_log(self, request: web.Request) -> web.Response:
         """Every counted request: ``{"requests": [[unix_time, method, path, edge], ...]}``, oldest first."""
@@ -271,6 +355,13 @@ class Origin:
             elif kind == "slowbody" and args:
                 plan.slowbody_ms = _int(args[0], "slowbody")
                 segs = args[1:]
+            elif kind == "rate" and args:
+                plan.rate = _int(args[0], "rate", minimum=1)
+                segs = args[1:]
+            elif kind == "stall" and len(args) >= 2:
+                plan.stall_after = _int(args[0], "stall bytes", minimum=0)
+                plan.stall_ms = _int(args[1], "stall ms", minimum=0)
+                segs = args[2:]
             elif kind == "reset":
                 plan.reset = True
                 segs = args
@@ -317,6 +408,8 @@ class Origin:
         plan.retry_after = rule.retry_after
         plan.delay_ms += rule.delay_ms
         plan.slowbody_ms = rule.slowbody_ms
+        plan.rate = rule.rate
+        plan.stall_after, plan.stall_ms = rule.stall_after, rule.stall_ms
         plan.reset = rule.action == "reset"
         plan.truncate = rule.action == "truncate"
         plan.nocache = rule.action == "nocache"
@@ -335,23 +428,71 @@ class Origin:
         try:
             plan = self.plan(request.path, edge)
         except FaultSpecError as exc:
-            return web.Response(status=400, text=f"{exc}\n", headers={"Cache-Control": "no-store"})
+            return await self._simple(request, key, 400, f"{exc}\n", {"Cache-Control": "no-store"})
         if plan.delay_ms:
             await asyncio.sleep(plan.delay_ms / 1000)
         if plan.reset:
             _abort(request)
             raise asyncio.CancelledError  # nothing more can be sent on this connection
         if plan.not_found and plan.status == 200:
-            return web.Response(status=404, text="not found\n")
-        return await self._respond(request, plan)
+            return await self._simple(request, key, 404, "not found\n", {})
+        return await self._respond(request, key, plan)
 
-    async def _respond(self, request: web.Request, plan: Plan) -> web.StreamResponse:
+    async def _simple(self, request: web.Request, key: tuple[str, str, str], status: int, text: str,
+                      headers: dict[str, str]) -> web.StreamResponse:
+        """A small text answer (400, 404), with its body counted like any other."""
+        resp = web.Response(status=status, text=text, headers=headers)
+        sent = self._tally(request, key)
+        try:
+            _check_open(request)
+            if sent is not None:  # a Response goes out whole, in one write, at write_eof
+                sent(len(text.encode()), True)
+            await resp.prepare(request)
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        return resp
+
+    def _tally(self, request: web.Request, key: tuple[str, str, str]) -> Sent | None:
+        """A function ``sent(n, done)`` recording body bytes as written; None for HEAD (no body).
+
+        Callers record a piece just before handing it to the transport, with no ``await`` in
+        between, so a counter read after the client got the bytes always includes them."""
+        if request.method == "HEAD":
+            return None
+        row = self.sent.setdefault((*key, request.headers.get("Range", "")), [0, 0])
+
+        def sent(n: int, done: bool = False) -> None:
+            row[0] += n
+            row[1] += done
+        return sent
+
+    async def _respond(self, request: web.Request, key: tuple[str, str, str], plan: Plan) -> web.StreamResponse:
         headers: dict[str, str] = {"X-Origin-Epoch": str(int(time.time()))}
+        status = plan.status
         if 200 <= plan.status < 300:
             body = plan.body if plan.body is not None else object_bytes(plan.name, plan.size)
             ctype = mimetypes.guess_type(plan.name)[0] or "application/octet-stream"
-            headers["ETag"] = object_etag(plan.name, plan.size)
+            etag = object_etag(plan.name, plan.size)
+            headers["ETag"] = etag
             headers["Cache-Control"] = "no-store" if plan.nocache else CACHEABLE
+            if plan.status == 200:
+                headers["Accept-Ranges"] = "bytes"
+                wanted = request.headers.get("Range")
+                if_range = request.headers.get("If-Range")
+                span = parse_range(wanted, len(body)) if wanted is not None else None
+                if if_range is not None and if_range.strip() != etag:
+                    span = None  # the client's copy is another version: send the whole object
+                if span is False:
+                    status = 416
+                    headers["Content-Range"] = f"bytes */{len(body)}"
+                    headers["Cache-Control"] = "no-store"
+                    body, ctype = b"range not satisfiable\n", "text/plain; charset=utf-8"
+                elif span:
+                    first, last = span
+                    status = 206
+                    headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+                    body = body[first : last + 1]
         else:
             # Error answers carry no Cache-Control: nginx then caches only what proxy_cache_valid allows.
             body = plan.body if plan.body is not None else f"status {plan.status}\n".encode()
@@ -362,26 +503,55 @@ class Origin:
             headers["Retry-After"] = plan.retry_after
         headers["Content-Type"] = ctype
         headers.update(plan.headers)
-        resp = web.StreamResponse(status=plan.status, headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = len(body)
-        await resp.prepare(request)
-        if request.method == "HEAD":
+        sent = self._tally(request, key)
+        try:
+            await resp.prepare(request)  # a StreamResponse sends its headers here, at once
+            if sent is None:  # HEAD
+                await resp.write_eof()
+                return resp
+            if not body and not plan.truncate:
+                sent(0, True)
+            await self._send_body(request, resp, body, plan, sent)
+            if plan.truncate:
+                _abort(request)
+                raise asyncio.CancelledError
             await resp.write_eof()
-            return resp
-        if plan.truncate:
-            await resp.write(body[: len(body) // 2])
-            _abort(request)
-            raise asyncio.CancelledError
-        if plan.slowbody_ms and body:
-            pieces = min(10, len(body))
-            step = -(-len(body) // pieces)
-            for i in range(0, len(body), step):
-                await asyncio.sleep(plan.slowbody_ms / 1000 / pieces)
-                await resp.write(body[i : i + step])
-        else:
-            await resp.write(body)
-        await resp.write_eof()
+        except ConnectionError:
+            pass  # the client went away (e.g. gave up during a stall): stop quietly
         return resp
+
+    @staticmethod
+    async def _send_body(request: web.Request, resp: web.StreamResponse, body: bytes, plan: Plan,
+                         sent: Sent) -> None:
+        """Write ``body`` (half of it if truncating) at the plan's pace, recording each piece."""
+        end = len(body) // 2 if plan.truncate else len(body)
+        view = memoryview(body)
+        piece = _BLOCK
+        if plan.slowbody_ms and body:
+            piece = -(-len(body) // min(10, len(body)))
+        if plan.rate:
+            piece = min(piece, max(1, plan.rate // RATE_TICKS))
+        stall_at = plan.stall_after if plan.stall_ms and plan.stall_after < end else -1
+        t0 = time.monotonic()
+        pos = 0
+        while pos < end:
+            if pos == stall_at:
+                began = time.monotonic()
+                await asyncio.sleep(plan.stall_ms / 1000)
+                t0 += time.monotonic() - began  # the rate's schedule resumes after the stall
+            n = min(piece, end - pos, stall_at - pos if stall_at > pos else piece)
+            if plan.slowbody_ms:
+                await asyncio.sleep(plan.slowbody_ms / 1000 * n / len(body))
+            if plan.rate:
+                wait = t0 + (pos + n) / plan.rate - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            _check_open(request)
+            sent(n, pos + n == len(body))  # never True when truncating: end is then half the body
+            await resp.write(view[pos : pos + n])
+            pos += n
 
     def app(self) -> web.Application:
         """The aiohttp application with control routes first, everything else counted."""
@@ -389,11 +559,19 @@ class Origin:
         app.router.add_get("/_control/counts", self.h_counts)
         app.router.add_post("/_control/reset", self.h_reset)
         app.router.add_get("/_control/log", self.h_log)
+        app.router.add_get("/_control/sent", self.h_sent)
         app.router.add_get("/_control/faults", self.h_faults_get)
         app.router.add_post("/_control/faults", self.h_faults_post)
         app.router.add_delete("/_control/faults", self.h_faults_delete)
         app.router.add_route("*", "/{tail:.*}", self.h_any)
         return app
+
+
+def _check_open(request: web.Request) -> None:
+    """Raise ConnectionResetError if the client's connection is gone (nothing could be written)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client connection closed")
 
 
 def _abort(request: web.Request) -> None:

@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Reply:
 
 def fetch(address: str, path: str, *, host: str = HOST, method: str = "GET",
           tls: ssl.SSLContext | None = None, sni: str | None = None, timeout: float = 10.0,
-          origin_port: int | None = None) -> Reply:
+          origin_port: int | None = None, headers: dict[str, str] | None = None) -> Reply:
     """One request pinned to ``address`` (a POP, or the origin with ``origin_port``)."""
     port = origin_port or (443 if tls else 80)
     start = time.monotonic()
@@ -46,7 +47,7 @@ def fetch(address: str, path: str, *, host: str = HOST, method: str = "GET",
     sock = socket.create_connection((address, port), timeout=timeout)
     conn.sock = tls.wrap_socket(sock, server_hostname=sni or host) if tls else sock
     try:
-        conn.request(method, path, headers={"Host": host})
+        conn.request(method, path, headers={"Host": host, **(headers or {})})
         resp = conn.getresponse()
         body = resp.read()
         headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -60,9 +61,9 @@ def origin(tb: Testbed) -> tuple[str, int]:
     return host, int(port)
 
 
-def direct(tb: Testbed, path: str, method: str = "GET") -> Reply:
+def direct(tb: Testbed, path: str, method: str = "GET", **kw: object) -> Reply:
     host, port = origin(tb)
-    return fetch(host, path, method=method, origin_port=port)
+    return fetch(host, path, method=method, origin_port=port, **kw)  # type: ignore[arg-type]
 
 
 def via(tb: Testbed, pop: str, path: str, **kw: object) -> Reply:
@@ -169,7 +170,7 @@ def test_reset_purges_every_pop(clean_testbed: Testbed) -> None:
     tb.add_fault({"path": "/obj/1kb/other", "status": 500})
     tb.reset()
     assert tb.origin_counts() == {"requests": [], "total": 0, "by_encoding": []}
-    assert tb.origin_log() == []
+    assert tb.origin_log() == [] and tb.origin_sent() == []
     for pop in tb.pops:
         assert via(tb, pop, path).headers["x-cache"] == "Miss from cloudfront", pop
     assert via(tb, SOME_POPS[0], "/obj/1kb/other").status == 200  # fault rules are gone too
@@ -362,9 +363,9 @@ def test_counts_shape(clean_testbed: Testbed) -> None:
     via(tb, "ICN54-C2", "/obj/1kb/a")
     counts = tb.origin_counts()
     assert counts == {"requests": [
-        {"method": "GET", "path": "/obj/1kb/a", "edge": "-", "count": 1},
-        {"method": "HEAD", "path": "/obj/1kb/a", "edge": "-", "count": 1},
-        {"method": "GET", "path": "/obj/1kb/a", "edge": "ICN54-C2", "count": 1},
+        {"method": "GET", "path": "/obj/1kb/a", "edge": "-", "count": 1, "bytes": 1024, "complete": 1},
+        {"method": "HEAD", "path": "/obj/1kb/a", "edge": "-", "count": 1, "bytes": 0, "complete": 0},
+        {"method": "GET", "path": "/obj/1kb/a", "edge": "ICN54-C2", "count": 1, "bytes": 1024, "complete": 1},
     ], "total": 3, "by_encoding": [
         {"method": m, "path": "/obj/1kb/a", "edge": e, "encoding": "", "count": 1}
         for m, e in (("GET", "-"), ("HEAD", "-"), ("GET", "ICN54-C2"))
@@ -395,6 +396,274 @@ def test_accept_encoding_is_part_of_the_cache_key(clean_testbed: Testbed) -> Non
         "Miss from cloudfront", "Hit from cloudfront"]
     seen = sorted((r["encoding"], r["count"]) for r in tb.origin_counts()["by_encoding"])
     assert seen == [("", 1), ("br", 1), ("gzip", 1)]
+
+
+# -- large objects: byte rate, stalls, ranges, what the origin sent ------------------------------------
+MIB = 1024 * 1024
+
+
+def _stream(tb: Testbed, path: str, *, timeout: float = 10.0,
+            headers: dict[str, str] | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """A GET straight to the origin whose body the caller reads (and times) piece by piece."""
+    host, port = origin(tb)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.request("GET", path, headers=headers or {})
+    return conn, conn.getresponse()
+
+
+def test_fault_rate_path_and_rule(clean_testbed: Testbed) -> None:
+    tb = clean_testbed
+    start = time.monotonic()
+    conn, resp = _stream(tb, "/fault/rate/1048576/obj/2mb/big/rate.bin")
+    headers_at = time.monotonic() - start
+    half = resp.read(MIB)
+    half_at = time.monotonic() - start
+    rest = resp.read()
+    total = time.monotonic() - start
+    conn.close()
+    assert resp.status == 200 and half + rest == object_bytes("big/rate.bin", 2 * MIB)
+    assert headers_at < 0.3  # the headers go at once, only the body is paced
+    assert 0.7 <= half_at <= 1.5 and 1.7 <= total <= 3.0  # 2 MiB at 1 MiB/s, evenly
+    # The rule key does the same, and the pace applies to a range's body too.
+    tb.add_fault({"path": "/obj/1mb/rate-rule.bin", "rate": 524288})
+    start = time.monotonic()
+    ranged = direct(tb, "/obj/1mb/rate-rule.bin", headers={"Range": "bytes=0-262143"})
+    assert ranged.status == 206 and ranged.body == object_bytes("rate-rule.bin", MIB)[:262144]
+    assert 0.4 <= time.monotonic() - start <= 1.2  # 256 KiB at 512 KiB/s
+    assert direct(tb, "/fault/rate/0/obj/1kb/x").status == 400
+    with pytest.raises(TestbedError):
+        tb.add_fault({"path": "/x", "rate": -1})
+
+
+def test_fault_stall_path_rule_and_client_giving_up(clean_testbed: Testbed) -> None:
+    tb = clean_testbed
+    start = time.monotonic()
+    conn, resp = _stream(tb, "/fault/stall/1000/600/obj/4kb/stall.bin")
+    first = resp.read(1000)
+    first_at = time.monotonic() - start
+    rest = resp.read()
+    end_at = time.monotonic() - start
+    conn.close()
+    assert resp.status == 200 and first + rest == object_bytes("stall.bin", 4096)
+    assert first_at < 0.3 and end_at - first_at >= 0.55 and end_at < 2.0
+    tb.add_fault({"path": "/obj/2kb/stall-rule", "stall_after": 0, "stall_ms": 300})
+    start = time.monotonic()
+    conn, resp = _stream(tb, "/obj/2kb/stall-rule")
+    headers_at = time.monotonic() - start
+    body = resp.read()
+    conn.close()
+    assert headers_at < 0.2 and time.monotonic() - start >= 0.28 and body == object_bytes("stall-rule", 2048)
+    assert direct(tb, "/fault/stall/10/x").status == 400 and direct(tb, "/fault/stall/-1/5/x").status == 400
+
+    # A client that gives up during the stall: the origin stops quietly and keeps serving.
+    log = Path(tb.workdir or ".") / "origin.log"
+    log_size = log.stat().st_size
+    gone = "/fault/stall/100/800/obj/4kb/give-up"
+    start = time.monotonic()
+    conn, resp = _stream(tb, gone, timeout=0.3)
+    assert resp.read(100) == object_bytes("give-up", 4096)[:100]
+    with pytest.raises(TimeoutError):
+        resp.read()
+    conn.close()
+    during = direct(tb, "/obj/1kb/during-stall")  # the origin is not blocked by the stalled request
+    assert during.status == 200 and during.body == object_bytes("during-stall", 1024)
+    time.sleep(max(0.0, start + 1.0 - time.monotonic()))  # the stall is over: the origin tried to go on
+    assert direct(tb, "/obj/1kb/after-stall").status == 200
+    rows = {r["path"]: (r["count"], r["bytes"], r["complete"]) for r in tb.origin_counts()["requests"]}
+    assert rows[gone] == (1, 100, 0)
+    new_log = log.read_bytes()[log_size:].decode(errors="replace")
+    assert "Traceback" not in new_log and "Error handling request" not in new_log, new_log
+
+
+def test_origin_range_answers(testbed: Testbed) -> None:
+    path, size = "/obj/100kb/ranges/r.bin", 102400
+    data = object_bytes("ranges/r.bin", size)
+    full = direct(testbed, path)
+    assert full.status == 200 and full.headers["accept-ranges"] == "bytes" and full.body == data
+    for spec, first, last in (("bytes=0-99", 0, 99), ("bytes=100000-", 100000, size - 1),
+                              ("bytes=-500", size - 500, size - 1), ("bytes=102000-999999", 102000, size - 1),
+                              ("bytes=-999999", 0, size - 1), ("bytes=7-7", 7, 7)):
+        r = direct(testbed, path, headers={"Range": spec})
+        assert r.status == 206, spec
+        assert r.headers["content-range"] == f"bytes {first}-{last}/{size}", spec
+        assert int(r.headers["content-length"]) == last - first + 1 == len(r.body), spec
+        assert r.body == data[first : last + 1], spec
+        assert r.headers["etag"] == full.headers["etag"] == object_etag("ranges/r.bin", size)
+        assert r.headers["cache-control"] == full.headers["cache-control"] == "public, max-age=3600"
+        assert r.headers["accept-ranges"] == "bytes"
+    for spec in ("bytes=102400-", "bytes=999999-1000000", "bytes=-0"):
+        r = direct(testbed, path, headers={"Range": spec})
+        assert r.status == 416, spec
+        assert r.headers["content-range"] == f"bytes */{size}" and r.headers["cache-control"] == "no-store"
+    empty = direct(testbed, "/obj/0b/ranges/empty", headers={"Range": "bytes=0-"})
+    assert empty.status == 416 and empty.headers["content-range"] == "bytes */0"
+    for spec in ("bytes=0-1,5-6", "bytes=5-2", "items=0-1", "bytes=abc", "bytes=-", "bytes=1-2-3"):
+        r = direct(testbed, path, headers={"Range": spec})
+        assert r.status == 200 and r.body == data and "content-range" not in r.headers, spec
+    head = direct(testbed, path, method="HEAD", headers={"Range": "bytes=10-19"})
+    assert head.status == 206 and head.body == b"" and head.headers["content-length"] == "10"
+    assert head.headers["content-range"] == f"bytes 10-19/{size}"
+    etag = full.headers["etag"]
+    assert direct(testbed, path, headers={"Range": "bytes=0-9", "If-Range": etag}).status == 206
+    other = direct(testbed, path, headers={"Range": "bytes=0-9", "If-Range": '"another-version"'})
+    assert other.status == 200 and other.body == data
+    nocache = direct(testbed, "/fault/nocache/obj/100kb/ranges/r.bin", headers={"Range": "bytes=0-9"})
+    assert nocache.status == 206 and nocache.body == data[:10] and nocache.headers["cache-control"] == "no-store"
+
+
+def test_range_is_cached_at_the_edge(clean_testbed: Testbed) -> None:
+    tb, pop, other = clean_testbed, "FRA60-P1", "NRT51-P2"
+    path, size = "/obj/1mb/edge/range.bin", MIB
+    data = object_bytes("edge/range.bin", size)
+    wanted = {"Range": "bytes=1000-1999"}
+    first = via(tb, pop, path, headers=wanted)
+    assert first.status == 206 and first.headers["x-cache"] == "Miss from cloudfront"
+    assert first.headers["content-range"] == f"bytes 1000-1999/{size}" and first.body == data[1000:2000]
+    second = via(tb, pop, path, headers=wanted)
+    assert second.status == 206 and second.headers["x-cache"] == "Hit from cloudfront"
+    assert second.headers["content-range"] == first.headers["content-range"] and second.body == data[1000:2000]
+    assert second.headers["etag"] == first.headers["etag"] and 0 <= int(second.headers["age"]) <= 2
+    head = via(tb, pop, path, method="HEAD", headers=wanted)  # a HEAD's cache key is the GET's
+    assert head.status == 206 and head.headers["x-cache"] == "Hit from cloudfront" and head.body == b""
+    assert head.headers["content-length"] == "1000" and head.headers["content-range"] == f"bytes 1000-1999/{size}"
+    another = via(tb, pop, path, headers={"Range": "bytes=0-999"})
+    assert another.headers["x-cache"] == "Miss from cloudfront" and another.body == data[:1000]
+    elsewhere = via(tb, other, path, headers=wanted)
+    assert elsewhere.headers["x-cache"] == "Miss from cloudfront" and elsewhere.body == data[1000:2000]
+    whole = via(tb, pop, path)
+    assert whole.status == 200 and whole.headers["x-cache"] == "Miss from cloudfront" and whole.body == data
+    for _ in range(2):  # 416 is not cached
+        r = via(tb, pop, path, headers={"Range": "bytes=2000000-"})
+        assert r.status == 416 and r.headers["x-cache"] == "Miss from cloudfront"
+    cold_head = via(tb, pop, "/obj/1mb/edge/head.bin", method="HEAD", headers={"Range": "bytes=5-9"})
+    assert cold_head.status == 206 and cold_head.headers["x-cache"] == "Miss from cloudfront"
+    assert cold_head.body == b"" and cold_head.headers["content-length"] == "5"
+    assert tb.origin_sent() == [
+        {"path": path, "edge": pop, "range": "bytes=1000-1999", "bytes": 1000, "complete": 1},
+        {"path": path, "edge": pop, "range": "bytes=0-999", "bytes": 1000, "complete": 1},
+        {"path": path, "edge": other, "range": "bytes=1000-1999", "bytes": 1000, "complete": 1},
+        {"path": path, "edge": pop, "range": "", "bytes": size, "complete": 1},
+        {"path": path, "edge": pop, "range": "bytes=2000000-", "bytes": 2 * len(b"range not satisfiable\n"),
+         "complete": 2},
+        {"path": "/obj/1mb/edge/head.bin", "edge": pop, "range": "bytes=5-9", "bytes": 5, "complete": 1},
+    ]
+    assert count(tb, path, pop) == 5 and count(tb, path, method="HEAD") == 0
+    assert count(tb, "/obj/1mb/edge/head.bin", pop) == 1  # the HEAD went to the origin as a GET
+
+
+def test_counts_bytes_and_complete(clean_testbed: Testbed) -> None:
+    tb, cut = clean_testbed, "/fault/truncate/obj/4kb/cut"
+    assert direct(tb, "/obj/3kb/full").status == 200
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        direct(tb, cut)
+    assert direct(tb, "/obj/3kb/full", headers={"Range": "bytes=0-99"}).status == 206
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        direct(tb, cut, headers={"Range": "bytes=0-999"})  # half of the range, then the connection drops
+    assert direct(tb, "/obj/3kb/full", method="HEAD").status == 200
+    assert direct(tb, "/nope").status == 404
+    for _ in range(2):  # through a POP: sent once, then a hit
+        assert via(tb, "GRU1-C2", "/obj/1kb/popped").status == 200
+    rows = {(r["method"], r["path"], r["edge"]): (r["count"], r["bytes"], r["complete"])
+            for r in tb.origin_counts()["requests"]}
+    assert rows == {
+        ("GET", "/obj/3kb/full", "-"): (2, 3072 + 100, 2),
+        ("GET", cut, "-"): (2, 2048 + 500, 0),
+        ("HEAD", "/obj/3kb/full", "-"): (1, 0, 0),
+        ("GET", "/nope", "-"): (1, len(b"not found\n"), 1),
+        ("GET", "/obj/1kb/popped", "GRU1-C2"): (1, 1024, 1),
+    }
+    assert tb.origin_sent() == [
+        {"path": "/obj/3kb/full", "edge": "-", "range": "", "bytes": 3072, "complete": 1},
+        {"path": cut, "edge": "-", "range": "", "bytes": 2048, "complete": 0},
+        {"path": "/obj/3kb/full", "edge": "-", "range": "bytes=0-99", "bytes": 100, "complete": 1},
+        {"path": cut, "edge": "-", "range": "bytes=0-999", "bytes": 500, "complete": 0},
+        {"path": "/nope", "edge": "-", "range": "", "bytes": len(b"not found\n"), "complete": 1},
+        {"path": "/obj/1kb/popped", "edge": "GRU1-C2", "range": "", "bytes": 1024, "complete": 1},
+    ]
+
+
+# -- edge access log ----------------------------------------------------------------------------------
+LOG_POPS = ("LOGA1-C1", "LOGB2-C2")
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """A small testbed of its own with the edges' access log on."""
+    with Testbed(pops=LOG_POPS, edge_log=True, workdir=tmp_path_factory.mktemp("edgelog")) as tb:
+        yield tb
+
+
+@pytest.fixture
+def clean_logged(logged: Testbed) -> Iterator[Testbed]:
+    logged.reset()
+    yield logged
+
+
+def edge_rows(tb: Testbed, n: int, timeout: float = 3.0) -> list[dict[str, object]]:
+    """The edge log once it holds ``n`` lines: nginx writes a line as the request ends, which for a
+    HEAD that missed is after it has read the object into the cache, a moment after the client is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = tb.edge_log()
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)
+
+
+def _fields(row: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in row.items() if k not in ("time", "request_time")}
+
+
+def test_edge_log_rows_for_get_and_head(clean_logged: Testbed) -> None:
+    tb, (a, b) = clean_logged, LOG_POPS
+    before = time.time()
+    assert via(tb, a, "/obj/1kb/logged?v=1").status == 200
+    assert len(edge_rows(tb, 1)) == 1
+    assert via(tb, b, "/obj/1kb/logged", method="HEAD", headers={"Range": "bytes=0-9"}).status == 206
+    assert len(edge_rows(tb, 2)) == 2
+    assert via(tb, a, "/obj/1kb/logged?v=1").headers["x-cache"] == "Hit from cloudfront"
+    head_hit = via(tb, b, "/obj/1kb/logged", method="HEAD", headers={"Range": "bytes=0-9"})
+    assert head_hit.headers["x-cache"] == "Hit from cloudfront"
+    control = via(tb, a, "/_control/counts")  # nginx's own 404: no cache status
+    assert control.status == 404
+    rows = edge_rows(tb, 5)
+    assert [_fields(r) for r in rows] == [
+        {"pop": a, "method": "GET", "uri": "/obj/1kb/logged?v=1", "status": 200, "bytes": 1024, "range": "",
+         "cache": "MISS"},
+        {"pop": b, "method": "HEAD", "uri": "/obj/1kb/logged", "status": 206, "bytes": 0, "range": "bytes=0-9",
+         "cache": "MISS"},
+        {"pop": a, "method": "GET", "uri": "/obj/1kb/logged?v=1", "status": 200, "bytes": 1024, "range": "",
+         "cache": "HIT"},
+        {"pop": b, "method": "HEAD", "uri": "/obj/1kb/logged", "status": 206, "bytes": 0, "range": "bytes=0-9",
+         "cache": "HIT"},
+        {"pop": a, "method": "GET", "uri": "/_control/counts", "status": 404, "bytes": len(control.body),
+         "range": "", "cache": ""},
+    ]
+    times = [float(r["time"]) for r in rows]  # type: ignore[arg-type]
+    assert before - 0.01 <= times[0] <= times[1] <= times[2] <= times[3] <= times[4] <= time.time() + 0.01
+    assert all(isinstance(r["request_time"], float) and 0 <= r["request_time"] < 1 for r in rows)  # type: ignore[operator]
+
+
+def test_edge_log_reset_state_and_default_off(clean_logged: Testbed, testbed: Testbed, tmp_path: Path) -> None:
+    tb = clean_logged
+    via(tb, LOG_POPS[0], "/obj/1b/reset-me")
+    assert len(edge_rows(tb, 1)) == 1
+    tb.reset()
+    assert tb.edge_log() == []
+    assert via(tb, LOG_POPS[0], "/obj/1b/reset-me").headers["x-cache"] == "Miss from cloudfront"
+    rows = edge_rows(tb, 1)
+    assert [(r["uri"], r["cache"]) for r in rows] == [("/obj/1b/reset-me", "MISS")]
+    assert tb.state()["edge_log"] is True
+    tb.save_state(tmp_path / "state")
+    attached = Testbed.from_state_dir(tmp_path / "state")
+    assert attached.edge_logging and attached.state()["edge_log"] is True
+    assert attached.edge_log() == rows
+    # Off by default: no log line is written and edge_log() says so.
+    assert testbed.edge_logging is False and testbed.state()["edge_log"] is False
+    assert not testbed.edge_log_path.exists()
+    assert "tb_edge" not in (Path(testbed.workdir or ".") / "nginx" / "nginx.conf").read_text()
+    with pytest.raises(TestbedError, match="edge_log=True"):
+        testbed.edge_log()
 
 
 # -- lifecycle ----------------------------------------------------------------------------------------

@@ -267,6 +267,32 @@ def test_render_line() -> None:
     assert render(progress(0, total=0, status="FINISHED"), rate=None).startswith("[" + "#" * 24 + "]")
 
 
+def test_render_goes_by_bytes_once_the_size_is_known() -> None:
+    mib = 1024 * 1024
+    large = {**progress(1, total=4), "total_size": 400 * mib, "bytes_received": 110 * mib,
+             "bytes_wasted": 10 * mib, "byte_rate": 20 * mib}
+    line = render(large, rate=None, width=10)
+    assert line.startswith("[##........] 100.0/400.0 MiB  25% 20.0 MiB/s 1/4 failed=0 wasted=10.0 MiB ETA 0:00:15")
+    measured = render({**large, "byte_rate": 0.0}, rate=None, byte_rate=10 * mib)  # the service sent no rate
+    assert "10.0 MiB/s" in measured and "ETA 0:00:30" in measured
+    assert "MiB/s" not in render({**large, "status": "FINISHED"}, rate=None)  # the end is shown by tasks
+
+
+def test_summary_text_shows_the_byte_side() -> None:
+    text = format_summary({"request_id": "r", "status": "FINISHED", "success_count": 4, "failure_count": 0,
+                           "download_size": 3 * 1024**3, "byte_rate": 50 * 1024**2, "bytes_wasted": 1024**2,
+                           "already_warm_count": 2})
+    assert "already warm: 2 pairs" in text
+    assert "downloaded 3.0 GiB at 50.0 MiB/s; 1.0 MiB wasted by bodies cut short" in text
+
+
+def test_submit_builds_the_large_object_fields() -> None:
+    body = build_request(parse_submit("x", "--max-bytes-per-s", "5000000", "--skip-warm"), ["x"])
+    assert body["max_bytes_per_s"] == 5e6 and body["skip_warm"] is True
+    plain = build_request(parse_submit("x"), ["x"])
+    assert "max_bytes_per_s" not in plain and "skip_warm" not in plain
+
+
 def test_human_units() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1536, 5 * 1024**3)] == ["0 B", "1023 B", "1.5 KiB", "5.0 GiB"]
     assert (human_duration(3725), human_duration(None), human_duration(float("inf"))) == ("1:02:05", "--:--",

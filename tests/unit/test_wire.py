@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import shutil
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,12 +20,28 @@ from typing import Any
 import pytest
 
 from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds, preload_trust_store, ssl_context
+from prewarm.pacing import ByteBudget
 from prewarm.settings import Settings
-from prewarm.wire import DEADLINE_CHECK_S, Pool, Response, Target, build_head, exchange, header_block, target_of
+from prewarm.wire import (
+    DEADLINE_CHECK_S,
+    Limits,
+    Pool,
+    Response,
+    Target,
+    build_head,
+    exchange,
+    header_block,
+    target_of,
+)
 
 HOST = "www.example.com"
-Respond = Callable[[bytes, int], "bytes | tuple[bytes, bool] | None"]
-"""(request head, request number from 1) -> reply, (reply, close afterwards), or None to stay silent."""
+Respond = Callable[[bytes, int], "bytes | tuple[bytes, bool] | Paced | None"]
+"""(request head, request number from 1) -> reply, (reply, close afterwards), a ``Paced`` reply, or None to stay
+silent."""
+
+
+class Paced(list):
+    """A reply sent as (seconds to wait first, bytes) pieces; ``close`` afterwards when the last piece is None."""
 
 
 class Server:
@@ -48,6 +65,14 @@ class Server:
                 if reply is None:
                     await asyncio.sleep(3600)
                     return
+                if isinstance(reply, Paced):
+                    for wait_s, piece in reply:
+                        await asyncio.sleep(wait_s)
+                        if piece is None:
+                            return
+                        writer.write(piece)
+                        await writer.drain()
+                    continue
                 data, close = reply if isinstance(reply, tuple) else (reply, False)
                 if self.trickle:
                     for i in range(len(data)):
@@ -157,9 +182,11 @@ def test_body_until_close_is_counted() -> None:
 def test_short_content_length_body_is_truncated_and_retried() -> None:
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"t" * 1000
     results, server = fetch_all(lambda head, n: (reply, True), ["/a"])
-    r = results[0]
-    assert r.error_class == "truncated" and r.attempts == 3 and r.error_message == "1000 of 4096 bytes"
-    assert r.retryable and len(server.heads) == 3
+    r = results[0]  # a body cut short is tried PREWARM_BODY_ATTEMPTS (2) times, not PREWARM_ATTEMPTS (3)
+    assert r.error_class == "truncated" and r.attempts == 2 and r.error_message == "1000 of 4096 bytes"
+    assert r.retryable and len(server.heads) == 2 and (r.nbytes, r.wasted) == (1000, 2000)
+    results, server = fetch_all(lambda head, n: (reply, True), ["/a"], body_attempts=3)
+    assert results[0].attempts == 3 and results[0].wasted == 3000 and len(server.heads) == 3
 
 
 def test_chunked_body_without_its_last_chunk_is_truncated() -> None:
@@ -225,12 +252,113 @@ def test_silence_is_a_fetch_timeout_per_attempt() -> None:
     assert 350 <= r.elapsed_ms < 2000 and server.connections == 2
 
 
-def test_a_stalled_body_is_a_fetch_timeout() -> None:
+def test_a_stalled_body_is_a_stall_with_its_bytes_wasted() -> None:
     def respond(head: bytes, n: int) -> bytes:
         return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"  # then nothing, connection left open
 
-    results, _ = fetch_all(respond, ["/a"], fetch_timeout_s=0.2, attempts=1)
-    assert results[0].error_class == "fetch_timeout"
+    results, server = fetch_all(respond, ["/a"], fetch_timeout_s=5, stall_timeout_s=0.2)
+    r = results[0]
+    assert r.error_class == "stall" and "0.2 s after 3 bytes" in r.error_message
+    assert r.attempts == 2 and len(server.heads) == 2 and r.wasted == 6  # PREWARM_BODY_ATTEMPTS, then given up
+    assert 350 <= r.elapsed_ms < 2000
+
+
+def test_a_long_body_is_never_cut_for_its_length() -> None:
+    """The head timeout bounds the head only: a body that takes four times as long, but keeps coming, is read."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n"
+    reply = Paced([(0, head), *[(0.1, b"b" * 1000) for _ in range(8)]])
+    results, _ = fetch_all(lambda h, n: reply, ["/a"], fetch_timeout_s=0.2, stall_timeout_s=0.5, attempts=1)
+    assert results[0].ok and results[0].nbytes == 8000 and results[0].elapsed_ms >= 750
+
+
+def test_a_trickle_under_the_rate_floor_is_too_slow() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+    reply = Paced([(0, head), *[(0.05, b"t" * 10) for _ in range(100)]])  # ~200 bytes/s: never silent
+    results, _ = fetch_all(lambda h, n: reply, ["/a"], stall_timeout_s=0.5, min_rate=1000, min_rate_window_s=0.3,
+                           body_attempts=1)
+    r = results[0]
+    assert r.error_class == "too_slow" and "under the floor of 1000 bytes/s" in r.error_message
+    assert r.attempts == 1 and 0 < r.wasted < 1000 and r.elapsed_ms < 900
+
+
+def test_the_jobs_deadline_ends_a_body_that_still_flows() -> None:
+    async def main() -> FetchResult:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+        reply = Paced([(0, head), *[(0.05, b"d" * 1000) for _ in range(100)]])
+        async with serving(lambda h, n: reply) as server:
+            client = PopClient("TST1-P1", ["127.0.0.1"], settings(), {})
+            try:
+                return await client.fetch(f"http://{HOST}:{server.port}/a", deadline=time.time() + 0.4)
+            finally:
+                await client.close()
+
+    r = asyncio.run(main())
+    assert r.error_class == "timeout" and "deadline" in r.error_message and r.attempts == 1
+    assert 300 <= r.elapsed_ms < 400 + DEADLINE_CHECK_S * 1000 + 200
+
+
+def test_a_range_is_asked_for_and_its_206_checked() -> None:
+    def respond(head: bytes, n: int) -> bytes:
+        if b"/ignored" in head:
+            return ok(b"w" * 2_000_000)  # an edge that ignores Range sends the whole object
+        if b"/wrong" in head:
+            return b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 0-9/5000\r\nContent-Length: 10\r\n\r\n" + b"r" * 10
+        return b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 100-199/5000\r\nContent-Length: 100\r\n\r\n" + b"r" * 100
+
+    async def main() -> tuple[list[FetchResult], Server]:
+        async with serving(respond) as server:
+            client = PopClient("TST1-P1", ["127.0.0.1"], settings(), {})
+            try:
+                got = [await client.fetch(f"http://{HOST}:{server.port}{p}", byte_range=(100, 199))
+                       for p in ("/ok", "/ignored", "/wrong")]
+            finally:
+                await client.close()
+            return got, server
+
+    (good, ignored, wrong), server = asyncio.run(main())
+    assert b"Range: bytes=100-199\r\n" in server.heads[0] and server.heads[0].startswith(b"GET /ok HTTP/1.1\r\n")
+    assert good.ok and (good.status, good.nbytes, good.size) == (206, 100, 5000)
+    assert ignored.error_class == "range_unsupported" and ignored.attempts == 1  # and its body left unread:
+    assert ignored.status == 200 and ignored.size == 2_000_000 and ignored.nbytes < 1_000_000
+    assert wrong.error_class == "range_mismatch" and "bytes 0-9/5000" in wrong.error_message
+
+
+def test_a_body_over_max_body_is_left_unread_with_its_size() -> None:
+    async def main() -> tuple[FetchResult, FetchResult, Server]:
+        async with serving(lambda h, n: ok(b"z" * 2_000_000)) as srv:
+            client = PopClient("TST1-P1", ["127.0.0.1"], settings(), {})
+            try:
+                big = await client.fetch(f"http://{HOST}:{srv.port}/a", max_body=10_000)
+                whole = await client.fetch(f"http://{HOST}:{srv.port}/b", max_body=2_000_000)
+                return big, whole, srv
+            finally:
+                await client.close()
+
+    big, whole, server = asyncio.run(main())
+    assert big.ok and big.oversize and big.size == 2_000_000 and big.nbytes < 1_000_000  # only the first read
+    assert whole.ok and not whole.oversize and whole.nbytes == 2_000_000
+    assert server.connections == 2  # the unread body's connection is not reused
+
+
+def test_a_byte_gate_holds_the_read_rate() -> None:
+    """A 600 KB body read under a 1 MB/s budget takes about 0.6 s less its last read (the reader pauses, the
+    kernel's window slows the sender); the same body without one takes a fraction of that."""
+
+    async def main(rate: float | None) -> tuple[FetchResult, float]:
+        async with serving(lambda h, n: ok(b"g" * 600_000)) as srv:
+            client = PopClient("TST1-P1", ["127.0.0.1"], settings(), {})
+            budget = ByteBudget(rate)
+            try:
+                began = time.monotonic()
+                r = await client.fetch(f"http://{HOST}:{srv.port}/a", gate=budget if rate else None)
+                return r, time.monotonic() - began
+            finally:
+                await client.close()
+
+    capped, capped_s = asyncio.run(main(1_000_000))
+    free, free_s = asyncio.run(main(None))
+    assert capped.ok and free.ok and capped.nbytes == free.nbytes == 600_000
+    assert 0.34 <= capped_s < 1.2 and free_s < 0.15, (capped_s, free_s)
 
 
 def test_one_deadline_check_per_pool_fails_each_exchange_on_time_and_stops_when_none_is_in_flight() -> None:
@@ -247,7 +375,7 @@ def test_one_deadline_check_per_pool_fails_each_exchange_on_time_and_stops_when_
                 target = Target(f"http://{HOST}:{server.port}{path}")
                 try:
                     return await exchange(pool, target, build_head("GET", target, header_block({})), False,
-                                          timeout_s)
+                                          Limits(head_s=timeout_s))
                 except Exception as exc:
                     return exc
 
@@ -264,7 +392,8 @@ def test_one_deadline_check_per_pool_fails_each_exchange_on_time_and_stops_when_
 
     elapsed, answers, checking, idle = asyncio.run(main())
     timed_out, *quick = answers
-    assert getattr(timed_out, "error_class", None) == "fetch_timeout" and "0.3 s" in timed_out.message
+    assert getattr(timed_out, "error_class", None) == "fetch_timeout" and "no response head within 0.3 s" in \
+        timed_out.message
     assert 0.3 <= elapsed < 0.3 + DEADLINE_CHECK_S + 0.25
     assert all(isinstance(r, Response) and r.status == 200 and r.nbytes == 1024 for r in quick)
     assert checking and idle

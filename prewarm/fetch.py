@@ -34,7 +34,12 @@ from prewarm.wire import (
     target_of,
 )
 
-DEFAULT_HEADERS = {"Accept-Encoding": "gzip, deflate, br", "User-Agent": "cdn-prewarm/0.1"}
+DEFAULT_HEADERS = {"Accept-Encoding": "gzip, deflate, br", "User-Agent": "cdn-prewarm/0.1", "Pragma": "server-timing"}
+"""``Pragma: server-timing`` asks CloudFront for its ``Server-Timing`` metrics (which tier answered) even where the
+distribution's response headers policy does not send them; it is not part of any cache key."""
+ERROR_TTL_S = 10.0
+"""How long CloudFront caches an error answer by default (its error caching minimum TTL), unless the origin's
+``max-age`` says longer."""
 BODY_CLASSES = frozenset({"stall", "too_slow", "truncated"})
 """A body cut short after its head: retried at most ``PREWARM_BODY_ATTEMPTS`` times, since each try is billed."""
 RETRYABLE_CLASSES = frozenset({"connection", "connect_timeout", "fetch_timeout"}) | BODY_CLASSES
@@ -61,6 +66,19 @@ class FetchResult:
     """The whole object's size: ``Content-Length`` of a 200, the total of a 206's ``Content-Range``."""
     oversize: bool = False
     """The head announced more than ``max_body``: nothing was read, the caller fetches it in ranges."""
+    hit_layer: str = ""
+    """``Server-Timing``'s ``cdn-hit-layer`` (EDGE, REC, Origin Shield): which tier answered from its cache."""
+    cache_metric: str = ""
+    """``Server-Timing``'s ``hit``, ``miss`` or ``refresh`` (``cdn-cache-*``); empty without the header."""
+    cached_error_s: float | None = None
+    """An error the edge may now hold in its cache: how long until that copy expires (None: not a cached error)."""
+
+    @property
+    def reached_origin(self) -> bool:
+        """The answer came from the origin: a miss in every tier (by ``Server-Timing``, else by ``X-Cache``)."""
+        if self.cache_metric:
+            return self.cache_metric == "miss"
+        return self.x_cache.lower().startswith("miss")
 
     @property
     def ok(self) -> bool:
@@ -69,6 +87,44 @@ class FetchResult:
     @property
     def retryable(self) -> bool:
         return self.error_class in RETRYABLE_CLASSES or self.status == 429 or self.status >= 500
+
+
+def server_timing(value: str | None) -> dict[str, str]:
+    """CloudFront's ``Server-Timing`` metrics by name: a metric's ``desc`` (or ``dur``), or "" for a bare one
+    (``cdn-cache-hit``)."""
+    metrics: dict[str, str] = {}
+    for metric in (value or "").split(","):
+        name, *params = metric.split(";")
+        name = name.strip().lower()
+        if not name:
+            continue
+        found = ""
+        for param in params:
+            key, _, raw = param.partition("=")
+            if key.strip().lower() in ("desc", "dur"):
+                found = raw.strip().strip('"')
+                if key.strip().lower() == "desc":
+                    break
+        metrics[name] = found
+    return metrics
+
+
+_MAX_AGE = re.compile(r"(?:^|[,\s])(?:s-maxage|max-age)\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+
+def cached_error_seconds(x_cache: str, cache_control: str | None, age: int | None) -> float | None:
+    """How long an error answer may stay in the edge's cache: CloudFront caches errors (``X-Cache`` says Error, or
+    Hit when served from cache) for ``max-age`` or else 10 s, less the ``Age`` it has been held (the whole TTL
+    when the edge sends none). None for an answer that says it was not cached (``no-store``) or is no error copy."""
+    value = x_cache.strip().lower()
+    if not (value.startswith("error") or value.startswith("hit") or value.startswith("refreshhit")):
+        return None
+    control = (cache_control or "").lower()
+    if "no-store" in control:
+        return None
+    match = _MAX_AGE.search(control)
+    ttl = max(ERROR_TTL_S, float(match[1])) if match else ERROR_TTL_S
+    return max(0.0, ttl - (age or 0))
 
 
 def range_header(first: int, last: int) -> str:
@@ -184,6 +240,7 @@ class PopClient:
         self.concurrency = max(1, limit or settings.max_concurrency)
         self.slots = Slots(self.concurrency)
         self.received = 0  # body bytes of finished exchanges (with those in flight: ``bytes_received``)
+        self._clock_offset: float | None = None
 
     def _pool(self, address: str) -> Pool:
         pool = self._pools.get(address)
@@ -191,6 +248,13 @@ class PopClient:
             pool = Pool(address, self._ssl, self._settings.connect_timeout_s, max_idle=max(64, self.concurrency))
             self._pools[address] = pool
         return pool
+
+    def _loop_time(self, wall: float) -> float:
+        """A wall-clock deadline on the event loop's clock (the offset read once: two clock reads per fetch were
+        a measurable share of a cached one)."""
+        if self._clock_offset is None:
+            self._clock_offset = asyncio.get_running_loop().time() - time.time()
+        return wall + self._clock_offset
 
     def bytes_received(self) -> int:
         """Every body byte this client has read, those of exchanges still in flight included."""
@@ -246,6 +310,8 @@ class PopClient:
                 if not result.retryable or attempt == attempts or body_failures >= body_attempts:
                     break
                 delay = backoff_delay(attempt, settings.backoff_base_s, result.retry_after, settings.retry_after_cap_s)
+                if result.cached_error_s is not None:  # a retry before the cached error expires gets it again
+                    delay = max(delay, min(result.cached_error_s, settings.retry_after_cap_s))
                 if deadline is not None and time.time() + delay >= deadline:
                     break
                 await asyncio.sleep(delay)
@@ -258,7 +324,7 @@ class PopClient:
     async def _once(self, target: Target, head: bytes, method: str, address: str, deadline: float | None,
                     gate: ByteGate | None, max_body: int | None, byte_range: tuple[int, int] | None) -> FetchResult:
         result = FetchResult(address=address)
-        end = math.inf if deadline is None else asyncio.get_running_loop().time() + (deadline - time.time())
+        end = math.inf if deadline is None else self._loop_time(deadline)
         try:
             resp = await exchange(self._pool(address), target, head, method == "HEAD", self._limits, end, gate,
                                   max_body)
@@ -268,12 +334,20 @@ class PopClient:
             return _failed(result, exc.error_class, exc.message)
         self.received += resp.nbytes
         result.status = status = resp.status
-        result.x_cache = resp.header("x-cache") or ""
+        result.x_cache = x_cache = resp.header("x-cache") or ""
         result.content_length = resp.content_length
         result.nbytes = resp.nbytes
         result.age = age_seconds(resp.header("age"))
+        timing = resp.header("server-timing")
+        if timing:
+            metrics = server_timing(timing)
+            result.hit_layer = metrics.get("cdn-hit-layer", "")
+            result.cache_metric = ("hit" if "cdn-cache-hit" in metrics else "miss" if "cdn-cache-miss" in metrics
+                                   else "refresh" if "cdn-cache-refresh" in metrics else "")
         if not 200 <= status < 300:
             result.retry_after = retry_after_seconds(resp.header("retry-after"))
+            if status >= 400:
+                result.cached_error_s = cached_error_seconds(x_cache, resp.header("cache-control"), result.age)
             return _failed(result, f"http_{status}", f"HTTP {status} {resp.reason}".strip())
         result.size = resp.content_length if status == 200 else _range_total(resp.header("content-range"))
         result.oversize = resp.oversize

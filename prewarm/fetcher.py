@@ -176,36 +176,38 @@ async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str
     r = await client.fetch(url, "GET", deadline, address=address, pace=pace, gate=gate, max_body=opts.part_bytes)
     if r.oversize and r.size is not None:  # larger than one cacheable object: the head said so, nothing read
         return await warm_parts(client, opts, task_id, url, r.size, r.address, r)
-    verify_x_cache, age, rounds = "", -1, 1
+    verify_x_cache, age, rounds, layer = "", -1, 1, r.hit_layer
     if opts.verify and r.ok:
-        verify_x_cache, age, rounds = await verify_pair(client, opts, url, r.address, None, pace, gate)
+        verify_x_cache, age, rounds, layer = await verify_pair(client, opts, url, r.address, None, pace, gate)
     size = r.size if r.size is not None else (r.nbytes if r.ok else -1)
     return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
-            r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, ())
+            r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, (), layer, r.reached_origin)
 
 
 async def verify_pair(client: PopClient, opts: WarmOptions, url: str, address: str,
                       byte_range: tuple[int, int] | None, pace: Callable[[], Awaitable[None]] | None,
-                      gate: ByteGate | None) -> tuple[str, int, int]:
-    """HEAD the pair (or one part) through ``address`` and re-warm it while cold: (x_cache, age, GETs sent)."""
-    verify_x_cache, age, rounds = "", -1, 1
+                      gate: ByteGate | None) -> tuple[str, int, int, str]:
+    """HEAD the pair (or one part) through ``address`` and re-warm it while cold: (x_cache, age, GETs sent, the
+    tier that answered the HEAD from its cache)."""
+    verify_x_cache, age, rounds, layer = "", -1, 1, ""
     for round_ in range(opts.until_hit + 1):
         check = await client.fetch(url, "HEAD", opts.deadline, address=address, pace=pace, byte_range=byte_range)
         # An answer without X-Cache is not a Hit: it gets a name, so it is listed as cold.
         verify_x_cache = (check.x_cache or NO_X_CACHE) if check.ok else f"verify failed: {check.error_class}"
         age = check.age if check.ok and check.age is not None else -1
+        layer = check.hit_layer
         if is_hit(verify_x_cache) or round_ == opts.until_hit:
             break
         await client.fetch(url, "GET", opts.deadline, address=address, pace=pace, gate=gate, byte_range=byte_range)
         rounds += 1
-    return verify_x_cache, age, rounds
+    return verify_x_cache, age, rounds, layer
 
 
 def already_warm_row(task_id: int, head: FetchResult) -> ResultRow:
     """A pair whose HEAD was a Hit: warm already, nothing downloaded; the HEAD is its verification."""
     size = head.content_length if head.content_length is not None else -1
     return (task_id, head.status, head.x_cache, head.address, 0, head.attempts, round(head.elapsed_ms, 1), "", "",
-            head.x_cache, head.age if head.age is not None else -1, 0, 0, size, True, ())
+            head.x_cache, head.age if head.age is not None else -1, 0, 0, size, True, (), head.hit_layer, False)
 
 
 def part_ranges(size: int, part_bytes: int) -> list[tuple[int, int]]:
@@ -224,13 +226,14 @@ async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: st
     wasted = first.nbytes + first.wasted if first is not None else 0
     elapsed = first.elapsed_ms if first is not None else 0.0
     attempts = first.attempts if first is not None else 0
-    rounds, age, warm = 1, -1, True
+    rounds, age, warm, layer, reached = 1, -1, True, "", False
     for byte_range in part_ranges(size, opts.part_bytes):
         label = f"bytes={byte_range[0]}-{byte_range[1]}"
         if opts.skip_warm:
             head = await client.fetch(url, "HEAD", opts.deadline, address=address, pace=pace, byte_range=byte_range)
             if head.ok and is_hit(head.x_cache):
                 address = address or head.address
+                layer = layer or head.hit_layer
                 parts.append((label, head.status, head.x_cache, 0, head.attempts, round(head.elapsed_ms, 1), "", "",
                               head.x_cache))
                 attempts, elapsed = attempts + head.attempts, elapsed + head.elapsed_ms
@@ -240,11 +243,14 @@ async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: st
                                byte_range=byte_range)
         address = address or r.address
         wasted += r.wasted
+        reached = reached or r.reached_origin
         attempts, elapsed = attempts + r.attempts, elapsed + r.elapsed_ms
         verify_x_cache = ""
         if opts.verify and r.ok:
-            verify_x_cache, age, part_rounds = await verify_pair(client, opts, url, r.address, byte_range, pace, gate)
+            verify_x_cache, age, part_rounds, part_layer = await verify_pair(client, opts, url, r.address, byte_range,
+                                                                             pace, gate)
             rounds = max(rounds, part_rounds)
+            layer = layer if layer and layer != "EDGE" else part_layer  # a part not held at the edge shows
         parts.append((label, r.status, r.x_cache, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
                       r.error_message, verify_x_cache))
     failed = next((p for p in parts if p[6]), None)
@@ -253,7 +259,8 @@ async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: st
     status, x_cache = (failed[1], failed[2]) if failed else (parts[0][1], parts[0][2])
     error_class, message = (failed[6], f"part {failed[0]}: {failed[7]}") if failed else ("", "")
     return (task_id, status, x_cache, address or "", sum(p[3] for p in parts), attempts, round(elapsed, 1),
-            error_class, message, verify, age, rounds if not warm else 0, wasted, size, warm, tuple(parts))
+            error_class, message, verify, age, rounds if not warm else 0, wasted, size, warm, tuple(parts), layer,
+            reached)
 
 
 class WorkerPool(Generic[Row]):

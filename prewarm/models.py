@@ -540,6 +540,10 @@ class ProgressResponse(BaseModel):
     already_warm_count: int = Field(
         default=0, description="Pairs that answered a Hit to skip_warm's HEAD: recorded as warm, nothing downloaded."
     )
+    origin_fetches: int = Field(
+        default=0, description="Warm-up GETs that reached the origin: a miss in every tier by Server-Timing "
+        "(cdn-cache-miss), or, where the edges send none, an X-Cache Miss."
+    )
     error_message: str = ""
     created_at: str
     last_update_time: str
@@ -586,6 +590,12 @@ class SummaryResponse(BaseModel):
     bytes_wasted: int = 0
     byte_rate: float = 0.0
     already_warm_count: int = 0
+    origin_fetches: int = 0
+    hit_layers: dict[str, int] = Field(
+        default_factory=dict, description="Verified pairs by the tier that answered their verification from its "
+        "cache (Server-Timing cdn-hit-layer: EDGE, REC, Origin Shield; \"\" where absent); adds up to the verified "
+        "pairs."
+    )
     error_message: str = ""
     created_at: str
     last_update_time: str

@@ -23,24 +23,28 @@ PartRow = tuple[str, int, str, int, int, float, str, str, str]
 """One ``Range`` part of a pair warmed in parts: (range, status_code, x_cache, bytes, attempts, elapsed_ms,
 error_class, error_message, verify_x_cache); ``range`` as sent, e.g. ``bytes=0-1048575``."""
 
-ResultRow = tuple[int, int, str, str, int, int, float, str, str, str, int, int, int, int, bool, tuple[PartRow, ...]]
+ResultRow = tuple[int, int, str, str, int, int, float, str, str, str, int, int, int, int, bool, tuple[PartRow, ...],
+                  str, bool]
 """(task_id, status_code, x_cache, address, bytes, attempts, elapsed_ms, error_class, error_message,
 verify_x_cache, age, rounds, bytes_wasted, size, already_warm, parts); ``error_class`` is empty for a success,
 ``verify_x_cache`` empty when the pair was not verified, ``age`` -1 when unknown, ``rounds`` the GETs sent
 (1 + re-warms), ``bytes_wasted`` the body bytes of attempts cut short, ``size`` the object's (-1 unknown),
 ``already_warm`` a pair that answered a Hit before any GET (``skip_warm``), ``parts`` the ranges of an object
-warmed in parts (empty otherwise). Rows stored before the last four fields existed are read as without them."""
+warmed in parts (empty otherwise), ``hit_layer`` the tier that answered the verification (else the GET) from its
+cache by ``Server-Timing`` (EDGE, REC, Origin Shield; empty without the header), ``origin_fetch`` whether the
+warm-up GET reached the origin. Rows stored before later fields existed are read as without them."""
 
-ROW_FIELDS = 16
-_ROW_DEFAULTS = ("", -1, 0, 0, -1, False, ())  # the fields from verify_x_cache on, for shorter stored rows
+ROW_FIELDS = 18
+_ROW_DEFAULTS = ("", -1, 0, 0, -1, False, (), "", False)  # the fields from verify_x_cache on, for shorter rows
 
 
 def result_row(task: int, status: int = 0, x_cache: str = "", address: str = "", nbytes: int = 0,
                attempts: int = 0, elapsed_ms: float = 0.0, error_class: str = "", message: str = "",
                verify_x_cache: str = "", age: int = -1, rounds: int = 0, wasted: int = 0, size: int = -1,
-               already_warm: bool = False, parts: tuple[PartRow, ...] = ()) -> ResultRow:
+               already_warm: bool = False, parts: tuple[PartRow, ...] = (), hit_layer: str = "",
+               origin_fetch: bool = False) -> ResultRow:
     return (task, status, x_cache, address, nbytes, attempts, elapsed_ms, error_class, message,
-            verify_x_cache, age, rounds, wasted, size, already_warm, parts)
+            verify_x_cache, age, rounds, wasted, size, already_warm, parts, hit_layer, origin_fetch)
 
 
 def full_row(row: Sequence) -> Sequence:
@@ -83,7 +87,9 @@ class TaskTable:
     age: np.ndarray = field(init=False)
     rounds: np.ndarray = field(init=False)
     already_warm: np.ndarray = field(init=False)
+    hit_layer: np.ndarray = field(init=False)
     messages: dict[int, str] = field(default_factory=dict)
+    hit_layer_values: list[str] = field(default_factory=lambda: ["", "EDGE", "REC", "Origin Shield"])
     parts: dict[int, tuple[PartRow, ...]] = field(default_factory=dict)  # tasks warmed in ranges (large objects)
     error_classes: list[str] = field(default_factory=lambda: [""])
     x_cache_values: list[str] = field(default_factory=lambda: list(X_CACHE_CODES))
@@ -95,6 +101,7 @@ class TaskTable:
     download_size: int = 0
     bytes_wasted: int = 0
     already_warm_count: int = 0
+    origin_fetches: int = 0
     skipped_count: int = 0
 
     def __post_init__(self) -> None:
@@ -115,6 +122,7 @@ class TaskTable:
         self.age = np.full(n, -1, dtype=np.int32)
         self.rounds = np.zeros(n, dtype=np.int8)
         self.already_warm = np.zeros(n, dtype=bool)
+        self.hit_layer = np.zeros(n, dtype=np.int8)
 
     @property
     def n_cols(self) -> int:
@@ -164,7 +172,7 @@ class TaskTable:
         added = 0
         for row in rows:
             (task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message, verify, age, rounds,
-             wasted, _size, warm, parts) = row if len(row) == ROW_FIELDS else full_row(row)
+             wasted, _size, warm, parts, layer, origin_fetch) = row if len(row) == ROW_FIELDS else full_row(row)
             if not 0 <= task < self.grid or self.done[task]:
                 continue
             self.done[task] = True
@@ -176,6 +184,9 @@ class TaskTable:
             self.address[task] = _intern(self.addresses, address)
             self.download_size += nbytes
             self.bytes_wasted += wasted
+            self.origin_fetches += bool(origin_fetch)
+            if layer:
+                self.hit_layer[task] = _intern(self.hit_layer_values, layer)
             if parts:
                 self.parts[task] = tuple(tuple(p) for p in parts)  # type: ignore[misc]
             if error_class:
@@ -204,6 +215,13 @@ class TaskTable:
         rows = [result_row(int(t), error_class=error_class, message=message) for t in pending]
         self.record(rows)
         return rows
+
+    def hit_layers(self) -> dict[str, int]:
+        """Verified pairs by the tier that answered their verification from its cache ("" where the edge sent no
+        ``Server-Timing`` or no tier had it): the counts add up to the verified pairs."""
+        verified = self.ok & (self.verify_x_cache != 0)
+        counts = np.bincount(self.hit_layer[verified], minlength=len(self.hit_layer_values))
+        return {self.hit_layer_values[i]: int(n) for i, n in enumerate(counts) if n}
 
     def failed_task_ids(self) -> np.ndarray:
         return np.flatnonzero(self.done & ~self.ok & ~self.skipped)

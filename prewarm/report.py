@@ -24,9 +24,11 @@ REPORT_COLUMNS = [
     "rounds",
     "part",
     "outcome",
+    "hit_layer",
 ]
 """``part``: the ``Range`` of one part of an object warmed in parts (empty for a whole object); ``outcome``:
-``warmed``, ``already_warm`` (a Hit before any GET, ``skip_warm``) or ``failed``."""
+``warmed``, ``already_warm`` (a Hit before any GET, ``skip_warm``) or ``failed``; ``hit_layer``: the tier that answered
+the verification from its cache (``Server-Timing``'s ``cdn-hit-layer``: EDGE, REC, Origin Shield; empty without it)."""
 
 PART_FIELDS = ("part", "status_code", "x_cache", "bytes", "attempts", "elapsed_ms", "error_class", "error_message",
                "verify_x_cache")
@@ -109,6 +111,7 @@ def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
             "rounds": table.rounds[ids].astype(np.int64),
             "part": "",
             "outcome": outcomes(table, ids) if len(ids) else [],
+            "hit_layer": np.asarray(table.hit_layer_values, dtype=object)[table.hit_layer[ids]],
         },
         columns=REPORT_COLUMNS,
     )
@@ -121,7 +124,8 @@ def extra_failure_rows(pop_failures: dict[str, str]) -> pd.DataFrame:
         [
             {"url": "", "pop": pop, "variant": "", "address": "", "status_code": 0, "x_cache": "", "bytes": 0,
              "attempts": 0, "elapsed_ms": 0.0, "error_class": "pop_unavailable", "error_message": reason,
-             "verify_x_cache": "", "age": None, "rounds": 0, "part": "", "outcome": "failed"}
+             "verify_x_cache": "", "age": None, "rounds": 0, "part": "", "outcome": "failed",
+             "hit_layer": ""}
             for pop, reason in pop_failures.items()
         ],
         columns=REPORT_COLUMNS,

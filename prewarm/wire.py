@@ -167,6 +167,41 @@ def build_head(method: str, target: Target, block: str, extra: str = "") -> byte
     return f"{method} {target.target} HTTP/1.1\r\nHost: {target.host_header}\r\n{extra}{block}".encode()
 
 
+READ_BUFFER_BYTES = 256 * 1024
+_SCRATCH_ARRAY = bytearray(READ_BUFFER_BYTES)
+_SCRATCH = memoryview(_SCRATCH_ARRAY)
+"""Where every connection of the process reads into (``get_buffer``): a body is counted, never kept, and a read is
+handled before the loop makes the next one, so one buffer serves them all, and a body byte costs no allocation."""
+
+
+LARGE_BODY_BYTES = 1024 * 1024
+"""A Content-Length body at least this long is read through a ``_BodySink`` (see ``Connection``)."""
+
+
+class _BodySink(asyncio.BufferedProtocol):
+    """The transport's protocol while a large body streams: the transport (TLS included) reads straight into
+    ``_SCRATCH`` and the body is only counted there. Through ``data_received`` every read was a new bytes object
+    (and uvloop's TLS joins a read's records into one more), a copy per body byte that a large object pays in full;
+    a small answer is cheaper there, so a connection switches to its sink for large bodies only."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _SCRATCH
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.body_read(nbytes)
+
+    def eof_received(self) -> bool:
+        return self.conn.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; ``request`` sends a head and resolves with the parsed answer."""
 
@@ -195,6 +230,7 @@ class Connection(asyncio.Protocol):
         self._window_at = 0.0  # the rate floor's window: its start and the body bytes then
         self._window_bytes = 0
         self._paused_at: float | None = None  # reading paused by the byte-rate cap since then
+        self._sink: _BodySink | None = None  # the transport's protocol while a large body streams
 
     # asyncio.Protocol
 
@@ -224,6 +260,16 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost decides what the answer was
 
+    def body_read(self, nbytes: int) -> None:
+        """``nbytes`` more of a large body, read into ``_SCRATCH`` by the sink."""
+        waiter = self._waiter
+        if self._state == _LENGTH and waiter is not None and not waiter.done():
+            self._count_length_body(nbytes)
+            if self.gate is not None:
+                self._take(nbytes)
+            return
+        self.data_received(_SCRATCH_ARRAY[:nbytes])  # type: ignore[arg-type]  # parsed as bytes-like
+
     def data_received(self, data: bytes) -> None:
         if self._waiter is None or self._waiter.done():
             self.reusable = False  # bytes nobody asked for: never reuse this connection
@@ -248,9 +294,14 @@ class Connection(asyncio.Protocol):
                     self.transport.close()
                 return
         if self.gate is not None:
-            pause = self.gate.take(len(data))
-            if pause > 0:
-                self._pause(pause)
+            self._take(len(data))
+
+    def _take(self, n: int) -> None:
+        """``n`` bytes read under the job's byte-rate cap: pause reading for as long as it says."""
+        assert self.gate is not None
+        pause = self.gate.take(n)
+        if pause > 0:
+            self._pause(pause)
 
     def _pause(self, seconds: float) -> None:
         """Stop reading for ``seconds`` (the byte-rate cap): the kernel's window then slows the sender."""
@@ -290,6 +341,7 @@ class Connection(asyncio.Protocol):
         self.used += 1
         self.head_deadline = self.loop.time() + limits.head_s
         self.end_deadline = end_deadline
+        self._seen = -1  # the body's first check starts its stall clock and rate window (no clock read per answer)
         assert self.transport is not None
         self.transport.write(head)
         return waiter
@@ -317,6 +369,8 @@ class Connection(asyncio.Protocol):
                 return self._give_up("fetch_timeout", f"no response head within {self._limits.head_s:g} s", 0)
         elif self._paused_at is None:  # a body arriving (held back by the byte-rate cap: not its fault)
             limits, nbytes = self._limits, resp.nbytes
+            if self._seen < 0:
+                self._window_at, self._window_bytes = now, nbytes
             if nbytes != self._seen:
                 self._seen, self._progress_at = nbytes, now
             elif now - self._progress_at >= limits.stall_s:
@@ -362,10 +416,19 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, resp: Response) -> None:
         self._buf = b""
+        if self._sink is not None:
+            self._unsink()
         if (waiter := self._settle()) is not None:
             waiter.set_result(resp)
 
+    def _unsink(self) -> None:
+        self._sink = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.set_protocol(self)
+
     def _fail(self, exc: WireError) -> None:
+        if self._sink is not None:
+            self._unsink()
         if (waiter := self._settle()) is not None:
             waiter.set_exception(exc)
 
@@ -465,8 +528,6 @@ class Connection(asyncio.Protocol):
                 raise WireError("connection", f"invalid Content-Length {value[:40]!r}")
             resp.content_length = int(value)
         chunked = "chunked" in (resp.header("transfer-encoding") or "").lower()
-        self._seen, self._window_bytes = 0, 0
-        self._progress_at = self._window_at = self.loop.time()
         if (self._max_body is not None and resp.content_length is not None and resp.content_length > self._max_body
                 and not self._head_only and status not in _NO_BODY_STATUSES):
             resp.oversize = True  # the caller fetches it otherwise (in ranges): the body is left unread
@@ -490,6 +551,9 @@ class Connection(asyncio.Protocol):
                 self._finish(resp)
                 return True
             self._state = _LENGTH
+            if self._remaining >= LARGE_BODY_BYTES and self.transport is not None:
+                self._sink = _BodySink(self)
+                self.transport.set_protocol(self._sink)
         else:
             self.reusable = False  # the body ends when the connection does
             self._state = _UNTIL_CLOSE

@@ -74,11 +74,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         remove_state(directory)
     pops = [p for p in args.pops.split(",") if p] if args.pops else None
     hosts = args.host or ("www.example.com", "static.example.com")
-    tb = Testbed(pops=pops, extra_pops=args.extra_pop, hosts=hosts, distribution=args.distribution,
-                 two_address_pops=args.two_address_pop, workdir=directory)
+    if any("=" not in item for item in args.rec_of):
+        raise TestbedError("--rec-of takes POP=REC")
+    try:
+        tb = Testbed(pops=pops, extra_pops=args.extra_pop, hosts=hosts, distribution=args.distribution,
+                     two_address_pops=args.two_address_pop, workdir=directory, tiers=args.tiers,
+                     rec_of=dict(item.split("=", 1) for item in args.rec_of) or None,
+                     origin_shield=args.origin_shield, server_timing=args.server_timing,
+                     cache_errors=args.cache_errors)
+    except ValueError as exc:
+        raise TestbedError(str(exc)) from exc
     tb.start(detach=True)
     tb.save_state()
-    print(f"testbed up: {len(tb.pops)} POPs on 127.{tb.slot}.0.0/16, DNS {tb.nameserver}, "
+    tiers = f", {len(tb.recs)} RECs" if tb.recs else ""
+    tiers += f", Origin Shield {tb.origin_shield}" if tb.origin_shield else ""
+    print(f"testbed up: {len(tb.pops)} POPs{tiers} on 127.{tb.slot}.0.0/16, DNS {tb.nameserver}, "
           f"origin {tb.origin_url}, state {directory / STATE_FILE}", file=sys.stderr)
     _print_env(tb, args.json)
     return 0
@@ -129,6 +139,17 @@ def add_testbed_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     up.add_argument("--host", action="append", default=[], help="customer host name (repeatable)")
     up.add_argument("--distribution", default="d111111abcdef8", help="distribution id (cloudfront.net label)")
     up.add_argument("--two-address-pop", action="append", default=[], help="POP with two addresses")
+    up.add_argument("--tiers", choices=("flat", "rec", "shield"), default="flat",
+                    help="flat: POPs go to the origin (default); rec: through their regional edge cache; "
+                         "shield: and through the Origin Shield")
+    up.add_argument("--rec-of", action="append", default=[], metavar="POP=REC",
+                    help="put a POP in a regional edge cache other than the catalogue's (repeatable)")
+    up.add_argument("--origin-shield", help="Region of the Origin Shield with --tiers shield (default us-east-1)")
+    up.add_argument("--server-timing", choices=("pragma", "always", "off"), default="pragma",
+                    help="Server-Timing on responses: when asked with 'Pragma: server-timing' (default), "
+                         "always, or never")
+    up.add_argument("--cache-errors", action="store_true",
+                    help="cache errors as CloudFront does (10 s; default: errors are not cached)")
     up.add_argument("--json", action="store_true", help="print the environment as JSON")
     up.set_defaults(func=cmd_up)
 

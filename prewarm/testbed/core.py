@@ -1,8 +1,10 @@
 """``Testbed``: a local CDN that behaves like CloudFront, for tests, benchmarks and trying the service.
 
-One testbed = an aiohttp origin, one nginx with a caching server block per POP, and dnsmasq, all
-on its own 127.<slot>.0.0/16 slice (see ``net``), so several testbeds can run at once.
-``edge_log=True`` makes the edges write an access log that ``edge_log()`` reads back.
+One testbed = an aiohttp origin, one nginx with a caching server block per POP (and, with
+``tiers="rec"`` or ``"shield"``, per regional edge cache and Origin Shield), and dnsmasq, all on its
+own 127.<slot>.0.0/16 slice (see ``net``), so several testbeds can run at once. ``edge_log=True``
+makes the POPs write an access log that ``edge_log()`` reads back. What each tier does, and where
+nginx differs from CloudFront, is in ``edges``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -39,15 +41,50 @@ _POP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 
 
+def _catalog() -> dict[str, Any]:
+    text = resources.files("prewarm").joinpath("data/pop-catalog.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
 def catalog_pops() -> list[str]:
     """Every POP code in the packaged catalogue's region and country lists, deduplicated, in order."""
-    text = resources.files("prewarm").joinpath("data/pop-catalog.json").read_text(encoding="utf-8")
-    data = json.loads(text)
+    data = _catalog()
     pops: list[str] = []
     for section in ("regions", "countries"):
         for codes in data.get(section, {}).values():
             pops.extend(code for code in codes if code not in pops)
     return pops
+
+
+def catalog_recs() -> dict[str, list[str]]:
+    """The catalogue's ``recs`` table: each regional edge cache (by AWS Region) and its POPs."""
+    return {rec: list(pops) for rec, pops in _catalog().get("recs", {}).items()}
+
+
+def catalog_shield_regions() -> list[str]:
+    """The AWS Regions where CloudFront offers Origin Shield, as the catalogue lists them."""
+    return list(_catalog().get("origin_shield_regions", []))
+
+
+def default_rec_of(pops: Iterable[str], overrides: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Each POP's REC: ``overrides`` first, then the catalogue's ``recs`` table, then the REC of a
+    catalogue POP at the same airport (the code's letters before the digits); None when unknown."""
+    by_pop = {pop: rec for rec, members in catalog_recs().items() for pop in members}
+    by_airport: dict[str, str] = {}
+    for pop, rec in by_pop.items():
+        by_airport.setdefault(_airport(pop), rec)
+    out: dict[str, str | None] = {}
+    for pop in pops:
+        if overrides and pop in overrides:
+            out[pop] = overrides[pop]
+        else:
+            out[pop] = by_pop.get(pop) or by_airport.get(_airport(pop))
+    return out
+
+
+def _airport(pop: str) -> str:
+    return re.sub(r"\d.*$", "", pop).upper()
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
@@ -82,8 +119,20 @@ def _can_connect(host: str, port: int) -> bool:
 class Testbed:
     """A running (after ``start()``) local CloudFront: origin, per-POP edge caches, DNS and a CA.
 
-    Attributes filled by ``start()``: ``pop_addresses``, ``nameserver``, ``ca_file``, ``origin_url``.
-    ``edge_log=True`` turns on the edges' access log (``edge_log()``; off by default, it costs CPU).
+    Attributes filled by ``start()``: ``pop_addresses``, ``nameserver``, ``ca_file``, ``origin_url``,
+    and for a tiered testbed ``rec_addresses`` (REC -> address, port 80) and ``shield_address``.
+    ``edge_log=True`` turns on the POPs' access log (``edge_log()``; off by default, it costs CPU).
+
+    Tiers (see ``edges``): ``tiers="flat"`` (default: POPs go to the origin), ``"rec"`` (each POP goes
+    to its regional edge cache, which goes to the origin) or ``"shield"`` (and every REC goes through
+    the Origin Shield ``origin_shield``, by default the catalogue's first Origin Shield Region,
+    us-east-1). The grouping is the catalogue's ``recs`` table; ``rec_of`` (POP -> REC name)
+    overrides it for the POPs it names, e.g. to put 12 test POPs in 3 RECs. ``server_timing``:
+    "pragma" (default: Server-Timing when the request has ``Pragma: server-timing``), "always" or
+    "off". ``cache_errors=True`` caches errors as CloudFront does (default False: no error is cached),
+    for ``error_ttl`` seconds (CloudFront's error caching minimum TTL, default 10) or the origin's max-age.
+    ``collapse`` turns nginx's cache lock on (default: on for "rec" and "shield", off for "flat");
+    ``lock_timeout`` (s, default nginx's 5) is its ``proxy_cache_lock_timeout`` and ``_age``.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -91,7 +140,10 @@ class Testbed:
     def __init__(self, *, pops: Iterable[str] | None = None, extra_pops: Iterable[str] = (),
                  hosts: Iterable[str] = ("www.example.com", "static.example.com"),
                  distribution: str = "d111111abcdef8", two_address_pops: Iterable[str] = (),
-                 workdir: str | Path | None = None, edge_log: bool = False) -> None:
+                 workdir: str | Path | None = None, edge_log: bool = False, tiers: str = "flat",
+                 rec_of: Mapping[str, str] | None = None, origin_shield: str | None = None,
+                 server_timing: str = "pragma", cache_errors: bool = False, collapse: bool | None = None,
+                 lock_timeout: float = 5.0, error_ttl: int = edges.ERROR_TTL) -> None:
         self.pops: list[str] = _dedupe([*(catalog_pops() if pops is None else pops), *extra_pops])
         self.hosts: list[str] = _dedupe(h.lower().rstrip(".") for h in hosts)
         self.distribution = distribution
@@ -110,10 +162,45 @@ class Testbed:
         bad = [h for h in self.hosts if not _HOST_RE.match(h)]
         if bad or not self.hosts:
             raise ValueError(f"invalid or missing customer host names: {bad}")
+        if tiers not in edges.TIER_MODES:
+            raise ValueError(f"tiers must be one of {edges.TIER_MODES}, not {tiers!r}")
+        if server_timing not in edges.SERVER_TIMING_MODES:
+            raise ValueError(f"server_timing must be one of {edges.SERVER_TIMING_MODES}, not {server_timing!r}")
+        if not lock_timeout > 0:
+            raise ValueError(f"lock_timeout must be positive, not {lock_timeout!r}")
+        if int(error_ttl) < 1:
+            raise ValueError(f"error_ttl must be at least 1 s, not {error_ttl!r}")
+        self.error_ttl = int(error_ttl)
+        self.tiers = tiers
+        self.server_timing = server_timing
+        self.cache_errors = bool(cache_errors)
+        self.collapse = (tiers != "flat") if collapse is None else bool(collapse)
+        self.lock_timeout = float(lock_timeout)
+        self.rec_of_override: dict[str, str] = dict(rec_of or {})
+        bad = [r for r in self.rec_of_override.values() if not _POP_RE.match(r)]
+        if bad:
+            raise ValueError(f"invalid REC names: {bad}")
+        self.rec_map: dict[str, str | None] = default_rec_of(self.pops, self.rec_of_override)
+        if tiers != "flat":
+            unknown = [p for p, r in self.rec_map.items() if r is None]
+            if unknown:
+                raise ValueError(f"no regional edge cache known for POPs {unknown}: name one with rec_of")
+        self.recs: list[str] = _dedupe(r for r in self.rec_map.values() if r) if tiers != "flat" else []
+        if len(self.recs) > net.MAX_RECS:
+            raise ValueError(f"too many regional edge caches (max {net.MAX_RECS})")
+        shield = origin_shield if origin_shield is not None else (
+            (catalog_shield_regions() or ["us-east-1"])[0] if tiers == "shield" else None)
+        if shield is not None and not _POP_RE.match(shield):
+            raise ValueError(f"invalid Origin Shield name: {shield!r}")
+        if shield is not None and tiers != "shield":
+            raise ValueError("origin_shield needs tiers='shield'")
+        self.origin_shield: str | None = shield
         self.cf_domain = f"{distribution}.cloudfront.net"
         self._workdir_arg = Path(workdir) if workdir is not None else None
         self.workdir: Path | None = self._workdir_arg
         self.pop_addresses: dict[str, list[str]] = {}
+        self.rec_addresses: dict[str, str] = {}
+        self.shield_address: str | None = None
         self.nameserver = ""
         self.ca_file = ""
         self.origin_url = ""
@@ -163,10 +250,30 @@ class Testbed:
         return self
 
     def _slot_addresses_free(self, slot: int) -> bool:
+        recs, shield = self._tier_addresses(slot)
         return all(net.can_bind(a, port)
                    for i, pop in enumerate(self.pops)
                    for a in net.pop_addresses(slot, i, 2 if pop in self.two_address_pops else 1)
-                   for port in (80, 443))
+                   for port in (80, 443)) and all(
+            net.can_bind(a, 80) for a in [*recs.values(), *([shield] if shield else [])])
+
+    def _tier_addresses(self, slot: int) -> tuple[dict[str, str], str | None]:
+        """Each REC's address, and a stand-alone shield's (None without one, or when it is a REC)."""
+        recs = {rec: net.rec_address(slot, j) for j, rec in enumerate(self.recs)}
+        shield = None
+        if self.origin_shield is not None and self.origin_shield not in recs:
+            shield = net.shield_address(slot)
+        return recs, shield
+
+    def _edge_tiers(self) -> edges.Tiers:
+        if self.tiers == "flat":
+            return edges.Tiers()
+        return edges.Tiers(rec_of={p: r for p, r in self.rec_map.items() if r}, rec_addresses=self.rec_addresses,
+                           shield=self.origin_shield, shield_address=self.shield_address)
+
+    def _edge_options(self) -> edges.Options:
+        return edges.Options(server_timing=self.server_timing, cache_errors=self.cache_errors,
+                             collapse=self.collapse, lock_timeout=self.lock_timeout, error_ttl=self.error_ttl)
 
     def _start_in_slot(self, slot: int) -> None:
         assert self.workdir is not None
@@ -174,6 +281,8 @@ class Testbed:
         self.slot = slot
         self.pop_addresses = {pop: net.pop_addresses(slot, i, 2 if pop in self.two_address_pops else 1)
                               for i, pop in enumerate(self.pops)}
+        self.rec_addresses, shield_address = self._tier_addresses(slot)
+        self.shield_address = shield_address if shield_address else self.rec_addresses.get(self.origin_shield or "")
         origin_host = net.origin_address(slot)
         origin_port = net.free_port(origin_host)
         dns_host = net.dns_address(slot)
@@ -189,11 +298,13 @@ class Testbed:
 
         prefix = wd / "nginx"
         shutil.rmtree(prefix / "cache", ignore_errors=True)  # a reused workdir must not start warm
-        edges.prepare_dirs(prefix, self.pops)
+        tiers = self._edge_tiers()
+        edges.prepare_dirs(prefix, self.pops, tiers)
         nginx_conf = prefix / "nginx.conf"
         origin_hostport = f"{origin_host}:{origin_port}"
         nginx_conf.write_text(edges.nginx_conf(prefix, self.pops, self.pop_addresses, origin_hostport,
-                                               tls.server_cert, tls.server_key, edge_log=self.edge_logging))
+                                               tls.server_cert, tls.server_key, edge_log=self.edge_logging,
+                                               tiers=tiers, options=self._edge_options()))
         edges.edge_log_path(prefix).unlink(missing_ok=True)  # a reused workdir starts with an empty log
         dns_conf = wd / "dnsmasq.conf"
         dns_conf.write_text(dnsmasq.dnsmasq_conf(wd, dns_host, dns_port, self.distribution,
@@ -216,8 +327,9 @@ class Testbed:
 
         first, last = self.pop_addresses[self.pops[0]][0], self.pop_addresses[self.pops[-1]][-1]
         nginx_log = prefix / "logs" / "error.log"
-        _wait("nginx", lambda: all(_can_connect(a, p) for a in (first, last) for p in (80, 443)),
-              nginx_child, nginx_log)
+        tier_addrs = [*self.rec_addresses.values()][-1:] + ([self.shield_address] if self.shield_address else [])
+        _wait("nginx", lambda: all(_can_connect(a, p) for a in (first, last) for p in (80, 443))
+              and all(_can_connect(a, 80) for a in tier_addrs), nginx_child, nginx_log)
         _wait("dnsmasq", lambda: self._dns_answers(dns_host, dns_port), dns_child, wd / "dnsmasq.log")
         _wait("origin", ready.exists, origin, origin_log)
 
@@ -301,24 +413,46 @@ class Testbed:
         finally:
             conn.close()
 
-    def origin_counts(self) -> dict[str, Any]:
-        """``{"requests": [{"method", "path", "edge", "count"}, ...], "total": N, "by_encoding": [...]}``
+    def _tiers_query(self, tiers: bool | None) -> str:
+        return "?tiers=1" if (self.tiers != "flat" if tiers is None else tiers) else ""
+
+    def origin_counts(self, tiers: bool | None = None) -> dict[str, Any]:
+        """``{"requests": [{"method", "path", "edge", "count", "bytes", "complete"}, ...], "total": N,
+        "by_encoding": [...]}``, first seen first.
 
         ``by_encoding`` counts again by the normalised Accept-Encoding (``encoding``: br, gzip or "").
+        ``edge`` is the POP whose request led to this one ("-" for a direct request). In a tiered
+        testbed the rows are by (method, path, edge, rec, shield) and also have ``rec`` (the REC that
+        passed it on, or ""), ``shield`` (the Origin Shield, or "") and ``tier``, the tier that sent it
+        as Server-Timing's cdn-upstream-layer spells it: "EDGE", "REC", "Origin Shield" or "-"
+        (``tiers=True`` asks for these keys in a flat testbed too, ``False`` leaves them out).
         """
-        result: dict[str, Any] = self._origin_call("GET", "/_control/counts")
+        result: dict[str, Any] = self._origin_call("GET", "/_control/counts" + self._tiers_query(tiers))
         return result
 
     def origin_log(self) -> list[tuple[float, str, str, str]]:
         """Every request the origin counted: (unix time, method, path, edge), oldest first."""
         return [tuple(r) for r in self._origin_call("GET", "/_control/log")["requests"]]  # type: ignore[misc]
 
-    def origin_sent(self) -> list[dict[str, Any]]:
+    def origin_sent(self, tiers: bool | None = None) -> list[dict[str, Any]]:
         """Bodies the origin sent, grouped by (path, edge, Range header or ""), first seen first:
         ``[{"path", "edge", "range", "bytes", "complete"}, ...]``; ``bytes`` counts partial sends too,
-        ``complete`` how many bodies went out to their end. HEAD answers (no body) are not listed."""
-        rows: list[dict[str, Any]] = self._origin_call("GET", "/_control/sent")["sent"]
+        ``complete`` how many bodies went out to their end. HEAD answers (no body) are not listed. In a
+        tiered testbed rows are by (path, edge, rec, shield, range) and have ``rec``, ``shield`` and
+        ``tier`` too (as in ``origin_counts``)."""
+        rows: list[dict[str, Any]] = self._origin_call("GET", "/_control/sent" + self._tiers_query(tiers))["sent"]
         return rows
+
+    def origin_concurrency(self) -> dict[str, Any]:
+        """The origin's requests over time: ``{"requests": [{"start", "end", "method", "path", "edge",
+        "rec", "shield", "tier"}, ...], "samples": [(time, in_flight), ...], "peak": n, "in_flight": n}``.
+
+        ``start`` is when the origin's handler began, ``end`` when its answer was written (or the
+        connection dropped; None while running), unix seconds; ``samples`` is the number of requests
+        in flight after each start and end, in time order; ``peak`` its maximum."""
+        result: dict[str, Any] = self._origin_call("GET", "/_control/concurrency")
+        result["samples"] = [(float(t), int(n)) for t, n in result["samples"]]
+        return result
 
     @property
     def edge_log_path(self) -> Path:
@@ -355,17 +489,47 @@ class Testbed:
         """Install an origin fault rule (see ``prewarm.testbed.origin.Rule`` for the keys)."""
         self._origin_call("POST", "/_control/faults", rule)
 
+    def rec_of_pop(self, pop: str) -> str:
+        """The regional edge cache this POP sends its misses to (in a flat testbed: the one it would)."""
+        if pop not in self.rec_map:
+            raise TestbedError(f"{pop} is not a POP of this testbed")
+        rec = self.rec_map[pop]
+        if rec is None:
+            raise TestbedError(f"no regional edge cache known for {pop}: name one with rec_of")
+        return rec
+
+    def pops_of_rec(self, rec: str) -> list[str]:
+        """The testbed's POPs that send their misses to this REC."""
+        return [p for p, r in self.rec_map.items() if r == rec]
+
+    def _cache_dirs(self) -> dict[str, Path]:
+        if self.workdir is None:
+            raise TestbedError("testbed not started")
+        return edges.tier_cache_dirs(self.workdir / "nginx", self.pops, self._edge_tiers())
+
+    def purge(self, name: str | None = None) -> None:
+        """Empty one cache: a POP's (by code), a REC's or the Origin Shield's (by name); every cache
+        of every tier when ``name`` is None. Origin counters are left alone (``reset()`` clears all).
+
+        Done twice, as in ``reset()``, to catch a file nginx renamed into place a moment late."""
+        dirs = self._cache_dirs()
+        if name is not None and name not in dirs:
+            raise TestbedError(f"no cache named {name!r}: POPs, RECs and the shield are {sorted(dirs)}")
+        chosen = list(dirs.values()) if name is None else [dirs[name]]
+        edges.purge_dirs(chosen)
+        time.sleep(0.01)
+        edges.purge_dirs(chosen)
+
     def reset(self) -> None:
-        """Purge every POP cache, clear the origin's counters and fault rules, empty the edge log.
+        """Purge every cache of every tier, clear the origin's counters and fault rules, empty the edge log.
 
         The second purge catches a cache file that nginx renamed into place just after the
         first one (nginx may finish writing it right after the client got the last byte).
         """
-        if self.workdir is None:
-            raise TestbedError("testbed not started")
-        edges.purge(self.workdir / "nginx", self.pops)
+        dirs = list(self._cache_dirs().values())
+        edges.purge_dirs(dirs)
         self._origin_call("POST", "/_control/reset")
-        edges.purge(self.workdir / "nginx", self.pops)
+        edges.purge_dirs(dirs)
         if self.edge_logging:
             with contextlib.suppress(FileNotFoundError), self.edge_log_path.open("r+b") as log:
                 log.truncate(0)  # nginx appends (O_APPEND): its next line starts the file again
@@ -377,7 +541,10 @@ class Testbed:
             "version": 1, "workdir": str(self.workdir), "slot": self.slot, "pops": self.pops,
             "hosts": self.hosts, "distribution": self.distribution,
             "two_address_pops": self.two_address_pops, "edge_log": self.edge_logging,
-            "cf_domain": self.cf_domain,
+            "tiers": self.tiers, "rec_of": self.rec_of_override, "origin_shield": self.origin_shield,
+            "server_timing": self.server_timing, "cache_errors": self.cache_errors, "collapse": self.collapse,
+            "lock_timeout": self.lock_timeout, "error_ttl": self.error_ttl, "rec_addresses": self.rec_addresses,
+            "shield_address": self.shield_address, "cf_domain": self.cf_domain,
             "pop_addresses": self.pop_addresses, "nameserver": self.nameserver, "ca_file": self.ca_file,
             "origin_url": self.origin_url, "env": self.env(),
             "processes": [{"name": c.name, "pid": c.pid, "marker": c.marker} for c in self._children],
@@ -401,9 +568,15 @@ class Testbed:
         state = json.loads((Path(path) / STATE_FILE).read_text())
         tb = cls(pops=state["pops"], hosts=state["hosts"], distribution=state["distribution"],
                  two_address_pops=state["two_address_pops"], workdir=state["workdir"],
-                 edge_log=bool(state.get("edge_log", False)))
+                 edge_log=bool(state.get("edge_log", False)), tiers=state.get("tiers", "flat"),
+                 rec_of=state.get("rec_of") or None, origin_shield=state.get("origin_shield"),
+                 server_timing=state.get("server_timing", "pragma"), cache_errors=bool(state.get("cache_errors")),
+                 collapse=state.get("collapse"), lock_timeout=float(state.get("lock_timeout", 5.0)),
+                 error_ttl=int(state.get("error_ttl", edges.ERROR_TTL)))
         tb.slot = state["slot"]
         tb.pop_addresses = {k: list(v) for k, v in state["pop_addresses"].items()}
+        tb.rec_addresses = dict(state.get("rec_addresses") or {})
+        tb.shield_address = state.get("shield_address")
         tb.nameserver, tb.ca_file, tb.origin_url = state["nameserver"], state["ca_file"], state["origin_url"]
         tb._children = [Child(p["name"], int(p["pid"]), p["marker"]) for p in state["processes"]]
         tb._running = True

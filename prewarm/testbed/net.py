@@ -7,6 +7,8 @@ Layout of slot ``s`` (1..254, never 0 so 127.0.0.1 is never used)::
 
     127.s.0.1            origin (aiohttp), free port
     127.s.0.2            dnsmasq, port 53 when free, else a free port
+    127.s.0.3            a stand-alone Origin Shield (tiers="shield"), port 80
+    127.s.0.(16+j)       regional edge cache (REC) number j, port 80 (j < 224)
     127.s.(1+i//127).x   POP number i: x = 1+2*(i%127), and x+1 for a two-address POP
 """
 
@@ -36,6 +38,21 @@ def origin_address(slot: int) -> str:
 def dns_address(slot: int) -> str:
     """Address of dnsmasq in this slot."""
     return f"127.{slot}.0.2"
+
+
+def shield_address(slot: int) -> str:
+    """Address of a stand-alone Origin Shield in this slot (plain HTTP, port 80)."""
+    return f"127.{slot}.0.3"
+
+
+MAX_RECS = 224
+
+
+def rec_address(slot: int, index: int) -> str:
+    """Address of regional edge cache number ``index`` in this slot (plain HTTP, port 80)."""
+    if not 0 <= index < MAX_RECS:
+        raise TestbedError(f"too many regional edge caches for one testbed (max {MAX_RECS})")
+    return f"127.{slot}.0.{16 + index}"
 
 
 def pop_addresses(slot: int, index: int, count: int) -> list[str]:

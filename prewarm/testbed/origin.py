@@ -21,13 +21,19 @@ Paths (``...`` is the rest of the path, parsed again, so faults can be chained):
     /fault/fail-first/<n>/<code>/...   answer <code> to the first n requests of that path
                                        from each edge, then go on with ``...``
     /fault/nocache/...                 200 with ``Cache-Control: no-store``
+    /fault/max-age/<s>/...             answer with ``Cache-Control: max-age=<s>`` (an error answer too, so a
+                                       test sets how long an edge caches it, e.g.
+                                       /fault/max-age/30/fault/status/503/obj/1kb/x; no-store still wins)
 
 When ``...`` is itself ``obj/<size>/<name>`` that object is served after the fault; otherwise
 a 1 KiB object is served. Control endpoints (not counted): ``POST /_control/faults``,
 ``GET /_control/faults``, ``GET /_control/counts``, ``GET /_control/sent``, ``GET /_control/log``,
-``POST /_control/reset``. Rule keys (``Rule.from_json``): path, status, count, per_edge,
-retry_after, delay_ms, slowbody_ms, rate (bytes/s), stall_after and stall_ms (bytes, ms), action
-(reset, truncate, nocache), headers, body.
+``GET /_control/concurrency``, ``POST /_control/reset``. Rule keys (``Rule.from_json``): path, status,
+count, per_edge, retry_after, delay_ms, slowbody_ms, rate (bytes/s), stall_after and stall_ms (bytes,
+ms), action (reset, truncate, nocache), max_age (seconds: ``Cache-Control: max-age``), headers, body.
+
+Conditional GET: a 200 answer whose ETag is in the request's ``If-None-Match`` becomes 304 (no body),
+so an edge that revalidates an expired object (``proxy_cache_revalidate``) gets CloudFront's RefreshHit.
 
 Ranges (RFC 9110): every 200 answer says ``Accept-Ranges: bytes``; a GET or HEAD of it with one
 range (``Range: bytes=a-b``, ``bytes=a-`` or ``bytes=-n``) gets 206 with ``Content-Range: bytes
@@ -37,19 +43,30 @@ the end (or ``bytes=-0``, or any range of an empty object) gets 416 with ``Conte
 is not the object's ETag, is ignored (full 200). rate, stall, slowbody and truncate apply to the
 range's body.
 
-Requests are counted by (method, path, edge), and again by (method, path, edge, encoding) where
-the encoding is the request's ``Accept-Encoding`` normalised as CloudFront's cache key does it
-("br", "gzip" or ""); ``GET /_control/log`` lists every counted request with its arrival time (for
-rate checks). The edge is the ``X-Edge-Pop`` request header
-that the testbed nginx adds ("-" for direct requests). nginx's proxy_cache turns HEAD into GET
+Requests are counted by (method, path, edge, rec, shield), and again with the encoding, the request's
+``Accept-Encoding`` normalised as CloudFront's cache key does it ("br", "gzip" or ""); ``GET
+/_control/log`` lists every counted request with its arrival time (for rate checks). The edge is the
+``X-Edge-Pop`` request header that the testbed's POPs add ("-" for direct requests); a regional edge
+cache adds ``X-Edge-Rec: <REC>`` and an Origin Shield ``X-Edge-Shield: <name>`` and both pass the
+POP's header on, so the edge is the POP whose miss led to the request and ``tier`` says which nginx
+tier sent it, spelled as CloudFront's Server-Timing ``cdn-upstream-layer``: "EDGE" (a POP), "REC",
+"Origin Shield", or "-" (not a testbed tier). Rows of counts, sent and by_encoding carry ``rec``,
+``shield`` ("" when absent) and ``tier`` only when asked with ``?tiers=1`` (a tiered Testbed asks),
+so a flat testbed's rows keep their old shape. nginx's proxy_cache turns HEAD into GET
 toward the origin (``proxy_cache_convert_head on``, as CloudFront does), so a HEAD sent to a POP
 is counted here as a GET.
 
 What was sent: each counts row also has ``bytes``, the body bytes the origin handed to that key's
 connections (partial sends included, counted as each piece is written), and ``complete``, how many
-bodies went out to their end (error and 416 bodies count too; a HEAD answer has no body and adds to
-neither). ``GET /_control/sent`` groups the bodies sent (not HEAD) by (path, edge, Range header or
+bodies went out to their end (error and 416 bodies count too; a HEAD answer or a 304 has no body and
+adds to neither). ``GET /_control/sent`` groups the bodies sent (not HEAD) by (path, edge, Range header or
 ""): ``{"sent": [{"path", "edge", "range", "bytes", "complete"}, ...]}``, first seen first.
+
+Concurrency: ``GET /_control/concurrency`` -> ``{"requests": [{"start", "end", "method", "path",
+"edge", "rec", "shield", "tier"}, ...], "samples": [[time, in_flight], ...], "peak": n, "in_flight": n}``:
+each counted request's start (its handler began) and end (its answer was written or the connection
+dropped; null while running), unix seconds, oldest first, and the number in flight after each start
+and end (an end sorts before a start at the same time).
 """
 
 from __future__ import annotations
@@ -74,6 +91,8 @@ from typing import Any, Literal
 from aiohttp import web
 
 EDGE_HEADER = "X-Edge-Pop"
+REC_HEADER = "X-Edge-Rec"
+SHIELD_HEADER = "X-Edge-Shield"
 LOG_SIZE = 200_000
 
 
@@ -91,6 +110,7 @@ _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
 Sent = Callable[[int, bool], None]  # records n body bytes written; True once the body is complete
+Key = tuple[str, str, str, str, str]  # (method, path, edge, rec, shield) of a counted request
 
 
 class FaultSpecError(ValueError):
@@ -117,6 +137,7 @@ class Plan:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     not_found: bool = False
+    max_age: int | None = None
 
 
 @dataclass
@@ -134,6 +155,7 @@ class Rule:
     stall_after: int = 0
     stall_ms: int = 0
     action: str | None = None  # "reset", "truncate" or "nocache"
+    max_age: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
     used: Counter[str] = field(default_factory=Counter)
@@ -156,7 +178,7 @@ class Rule:
     def from_json(cls, data: dict[str, Any]) -> Rule:
         """Build a rule from the control payload, rejecting unknown keys so typos show up."""
         known = {"path", "status", "count", "per_edge", "retry_after", "delay_ms", "slowbody_ms",
-                 "rate", "stall_after", "stall_ms", "action", "headers", "body"}
+                 "rate", "stall_after", "stall_ms", "action", "max_age", "headers", "body"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown rule keys: {sorted(unknown)}")
@@ -169,6 +191,9 @@ class Rule:
         rate, stall_after, stall_ms = (int(data.get(k) or 0) for k in ("rate", "stall_after", "stall_ms"))
         if min(rate, stall_after, stall_ms) < 0:
             raise ValueError("rate, stall_after and stall_ms must not be negative")
+        max_age = int(data["max_age"]) if data.get("max_age") is not None else None
+        if max_age is not None and max_age < 0:
+            raise ValueError("max_age must not be negative")
         return cls(
             path=data["path"],
             status=int(data["status"]) if data.get("status") is not None else None,
@@ -181,6 +206,7 @@ class Rule:
             stall_after=stall_after,
             stall_ms=stall_ms,
             action=action,
+            max_age=max_age,
             headers={str(k): str(v) for k, v in (data.get("headers") or {}).items()},
             body=data.get("body"),
         )
@@ -190,7 +216,8 @@ class Rule:
         return {"path": self.path, "status": self.status, "count": self.count, "per_edge": self.per_edge,
                 "retry_after": self.retry_after, "delay_ms": self.delay_ms,
                 "slowbody_ms": self.slowbody_ms, "rate": self.rate, "stall_after": self.stall_after,
-                "stall_ms": self.stall_ms, "action": self.action, "headers": self.headers,
+                "stall_ms": self.stall_ms, "action": self.action, "max_age": self.max_age,
+                "headers": self.headers,
                 "body": self.body, "used": dict(self.used)}
 
 
@@ -248,15 +275,18 @@ class Origin:
     """Request counters, fault rules and the aiohttp application that uses them."""
 
     def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str, str]] = Counter()
-        self.first_seen: dict[tuple[str, str, str], float] = {}
+        # A request key is (method, path, edge, rec, shield); see the module docstring.
+        self.counts: Counter[Key] = Counter()
+        self.first_seen: dict[Key, float] = {}
         self.fail_first: Counter[tuple[str, str]] = Counter()
         self.rules: list[Rule] = []
-        self.by_encoding: Counter[tuple[str, str, str, str]] = Counter()
+        self.by_encoding: Counter[tuple[str, str, str, str, str, str]] = Counter()
         self.log: deque[tuple[float, str, str, str]] = deque(maxlen=LOG_SIZE)
-        # (method, path, edge, Range or "") -> [body bytes written, bodies sent to their end]; one
-        # dict serves both views (counts by request key, /_control/sent by range) to stay small.
-        self.sent: dict[tuple[str, str, str, str], list[int]] = {}
+        # (*key, Range or "") -> [body bytes written, bodies sent to their end]; one dict serves
+        # both views (counts by request key, /_control/sent by range) to stay small.
+        self.sent: dict[tuple[str, str, str, str, str, str], list[int]] = {}
+        # One [start, end or None, *key] per counted request (GET /_control/concurrency).
+        self.spans: deque[list[Any]] = deque(maxlen=LOG_SIZE)
 
     # -- control -------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -264,42 +294,73 @@ class Origin:
         self.counts.clear()
         self.by_encoding.clear()
         self.log.clear()
+        self.spans.clear()
         self.sent.clear()
         self.first_seen.clear()
         self.fail_first.clear()
         self.rules.clear()
 
-    def counts_json(self) -> dict[str, Any]:
-        """Counts in the shape documented for ``GET /_control/counts``."""
-        by_key: dict[tuple[str, str, str], list[int]] = {}
-        for (m, p, e, _), (nbytes, done) in self.sent.items():
-            total = by_key.setdefault((m, p, e), [0, 0])
+    def counts_json(self, tiers: bool = False) -> dict[str, Any]:
+        """Counts in the shape documented for ``GET /_control/counts`` (``tiers``: with rec, shield, tier)."""
+        by_key: dict[Key, list[int]] = {}
+        for (*k, _), (nbytes, done) in self.sent.items():
+            total = by_key.setdefault(tuple(k), [0, 0])  # type: ignore[arg-type]
             total[0] += nbytes
             total[1] += done
-        rows = [{"method": m, "path": p, "edge": e, "count": c,
-                 "bytes": by_key.get((m, p, e), (0, 0))[0], "complete": by_key.get((m, p, e), (0, 0))[1]}
-                for (m, p, e), c in sorted(self.counts.items(), key=lambda kv: self.first_seen[kv[0]])]
-        encodings = [{"method": m, "path": p, "edge": e, "encoding": enc, "count": c}
-                     for (m, p, e, enc), c in self.by_encoding.items()]
+        rows = [{"method": k[0], "path": k[1], "edge": k[2], **_tier_fields(k, tiers), "count": c,
+                 "bytes": by_key.get(k, (0, 0))[0], "complete": by_key.get(k, (0, 0))[1]}
+                for k, c in sorted(self.counts.items(), key=lambda kv: self.first_seen[kv[0]])]
+        encodings = [{"method": k[0], "path": k[1], "edge": k[2], **_tier_fields(k, tiers), "encoding": k[5],
+                      "count": c} for k, c in self.by_encoding.items()]
         return {"requests": rows, "total": sum(self.counts.values()), "by_encoding": encodings}
 
     async def h_counts(self, request: web.Request) -> web.Response:
-        return web.json_response(self.counts_json())
+        return web.json_response(self.counts_json(_wants_tiers(request)))
 
     async def h_sent(self, request: web.Request) -> web.Response:
-        """Bodies sent, by (path, edge, Range): ``{"sent": [{"path", "edge", "range", "bytes", "complete"}]}``."""
-        rows: dict[tuple[str, str, str], list[int]] = {}
-        for (_, p, e, r), (nbytes, done) in self.sent.items():
-            total = rows.setdefault((p, e, r), [0, 0])
+        """Bodies sent, by (path, edge, Range): ``{"sent": [{"path", "edge", "range", "bytes", "complete"}]}``
+        (with ``?tiers=1`` by (path, edge, rec, shield, Range), rows with rec, shield and tier too)."""
+        tiers = _wants_tiers(request)
+        rows: dict[tuple[str, ...], list[int]] = {}
+        for (_, p, e, rec, shield, r), (nbytes, done) in self.sent.items():
+            total = rows.setdefault((p, e, rec, shield, r) if tiers else (p, e, r), [0, 0])
             total[0] += nbytes
             total[1] += done
-        return web.json_response({"sent": [
-            {"path": p, "edge": e, "range": r, "bytes": b, "complete": c}
-            for (p, e, r), (b, c) in rows.items()]})
+        out = []
+        for k, (b, c) in rows.items():
+            if tiers:
+                p, e, rec, shield, r = k
+                out.append({"path": p, "edge": e, **_tier_fields(("", p, e, rec, shield), True), "range": r,
+                            "bytes": b, "complete": c})
+            else:
+                p, e, r = k
+                out.append({"path": p, "edge": e, "range": r, "bytes": b, "complete": c})
+        return web.json_response({"sent": out})
 
     async def h_log(self, request: web.Request) -> web.Response:
         """Every counted request: ``{"requests": [[unix_time, method, path, edge], ...]}``, oldest first."""
         return web.json_response({"requests": [list(r) for r in self.log]})
+
+    def concurrency_json(self) -> dict[str, Any]:
+        """Start and end of each counted request and the number in flight over time."""
+        events: list[tuple[float, int]] = []
+        requests = []
+        for start, end, *k in self.spans:
+            requests.append({"start": start, "end": end, "method": k[0], "path": k[1], "edge": k[2],
+                             **_tier_fields(tuple(k), True)})  # type: ignore[arg-type]
+            events.append((start, 1))
+            if end is not None:
+                events.append((end, -1))
+        events.sort(key=lambda ev: (ev[0], ev[1]))  # at one instant, ends first
+        samples, level, peak = [], 0, 0
+        for t, step in events:
+            level += step
+            peak = max(peak, level)
+            samples.append([t, level])
+        return {"requests": requests, "samples": samples, "peak": peak, "in_flight": level}
+
+    async def h_concurrency(self, request: web.Request) -> web.Response:
+        return web.json_response(self.concurrency_json())
 
     async def h_reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -371,6 +432,9 @@ class Origin:
             elif kind == "nocache":
                 plan.nocache = True
                 segs = args
+            elif kind == "max-age" and args:
+                plan.max_age = _int(args[0], "max-age", minimum=0)
+                segs = args[1:]
             elif kind == "retry-after" and len(args) >= 2:
                 self._set_status(plan, _int(args[0], "status"))
                 plan.retry_after = str(_int(args[1], "seconds"))
@@ -413,18 +477,30 @@ class Origin:
         plan.reset = rule.action == "reset"
         plan.truncate = rule.action == "truncate"
         plan.nocache = rule.action == "nocache"
+        if rule.max_age is not None:
+            plan.max_age = rule.max_age
         plan.headers.update(rule.headers)
         if rule.body is not None:
             plan.body = rule.body.encode()
 
     async def h_any(self, request: web.Request) -> web.StreamResponse:
-        """Count the request, then answer it according to its Plan."""
-        edge = request.headers.get(EDGE_HEADER, "-")
-        key = (request.method, request.path, edge)
+        """Count the request, then answer it according to its Plan (its span ends when this returns)."""
+        headers = request.headers
+        edge = headers.get(EDGE_HEADER, "-")
+        key: Key = (request.method, request.path, edge, headers.get(REC_HEADER, ""), headers.get(SHIELD_HEADER, ""))
         self.counts[key] += 1
-        self.by_encoding[(*key, cache_key_encoding(request.headers.get("Accept-Encoding", "")))] += 1
-        self.log.append((time.time(), *key))
+        self.by_encoding[(*key, cache_key_encoding(headers.get("Accept-Encoding", "")))] += 1
+        now = time.time()
+        self.log.append((now, key[0], key[1], edge))
+        span = [now, None, *key]
+        self.spans.append(span)
         self.first_seen.setdefault(key, time.monotonic())
+        try:
+            return await self._answer(request, key, edge)
+        finally:
+            span[1] = time.time()
+
+    async def _answer(self, request: web.Request, key: Key, edge: str) -> web.StreamResponse:
         try:
             plan = self.plan(request.path, edge)
         except FaultSpecError as exc:
@@ -438,7 +514,7 @@ class Origin:
             return await self._simple(request, key, 404, "not found\n", {})
         return await self._respond(request, key, plan)
 
-    async def _simple(self, request: web.Request, key: tuple[str, str, str], status: int, text: str,
+    async def _simple(self, request: web.Request, key: Key, status: int, text: str,
                       headers: dict[str, str]) -> web.StreamResponse:
         """A small text answer (400, 404), with its body counted like any other."""
         resp = web.Response(status=status, text=text, headers=headers)
@@ -453,7 +529,7 @@ class Origin:
             pass
         return resp
 
-    def _tally(self, request: web.Request, key: tuple[str, str, str]) -> Sent | None:
+    def _tally(self, request: web.Request, key: Key) -> Sent | None:
         """A function ``sent(n, done)`` recording body bytes as written; None for HEAD (no body).
 
         Callers record a piece just before handing it to the transport, with no ``await`` in
@@ -467,7 +543,7 @@ class Origin:
             row[1] += done
         return sent
 
-    async def _respond(self, request: web.Request, key: tuple[str, str, str], plan: Plan) -> web.StreamResponse:
+    async def _respond(self, request: web.Request, key: Key, plan: Plan) -> web.StreamResponse:
         headers: dict[str, str] = {"X-Origin-Epoch": str(int(time.time()))}
         status = plan.status
         if 200 <= plan.status < 300:
@@ -483,7 +559,11 @@ class Origin:
                 span = parse_range(wanted, len(body)) if wanted is not None else None
                 if if_range is not None and if_range.strip() != etag:
                     span = None  # the client's copy is another version: send the whole object
-                if span is False:
+                not_modified = (span is None and wanted is None
+                                and etag in (t.strip() for t in request.headers.get("If-None-Match", "").split(",")))
+                if not_modified:
+                    status, body = 304, b""
+                elif span is False:
                     status = 416
                     headers["Content-Range"] = f"bytes */{len(body)}"
                     headers["Cache-Control"] = "no-store"
@@ -494,15 +574,24 @@ class Origin:
                     headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
                     body = body[first : last + 1]
         else:
-            # Error answers carry no Cache-Control: nginx then caches only what proxy_cache_valid allows.
+            # Error answers carry no Cache-Control (unless max-age asks for one): the edges decide.
             body = plan.body if plan.body is not None else f"status {plan.status}\n".encode()
             ctype = "text/plain; charset=utf-8"
             if plan.nocache:
                 headers["Cache-Control"] = "no-store"
+        if plan.max_age is not None and headers.get("Cache-Control") != "no-store":
+            headers["Cache-Control"] = f"max-age={plan.max_age}"
         if plan.retry_after is not None:
             headers["Retry-After"] = plan.retry_after
         headers["Content-Type"] = ctype
         headers.update(plan.headers)
+        if status == 304:  # no body and no Content-Type; counted as a request, not in what was sent
+            del headers["Content-Type"]
+            resp304 = web.StreamResponse(status=304, headers=headers)
+            with contextlib.suppress(ConnectionError):
+                await resp304.prepare(request)
+                await resp304.write_eof()
+            return resp304
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = len(body)
         sent = self._tally(request, key)
@@ -560,11 +649,28 @@ class Origin:
         app.router.add_post("/_control/reset", self.h_reset)
         app.router.add_get("/_control/log", self.h_log)
         app.router.add_get("/_control/sent", self.h_sent)
+        app.router.add_get("/_control/concurrency", self.h_concurrency)
         app.router.add_get("/_control/faults", self.h_faults_get)
         app.router.add_post("/_control/faults", self.h_faults_post)
         app.router.add_delete("/_control/faults", self.h_faults_delete)
         app.router.add_route("*", "/{tail:.*}", self.h_any)
         return app
+
+
+def _wants_tiers(request: web.Request) -> bool:
+    return request.query.get("tiers", "") not in ("", "0")
+
+
+def tier_of(rec: str, shield: str, edge: str) -> str:
+    """Which testbed tier sent a request, as CloudFront's Server-Timing cdn-upstream-layer spells it."""
+    return "Origin Shield" if shield else "REC" if rec else "EDGE" if edge != "-" else "-"
+
+
+def _tier_fields(key: tuple[str, ...], tiers: bool) -> dict[str, str]:
+    """``rec``, ``shield`` and ``tier`` of a request key (method, path, edge, rec, shield, ...), if asked."""
+    if not tiers:
+        return {}
+    return {"rec": key[3], "shield": key[4], "tier": tier_of(key[3], key[4], key[2])}
 
 
 def _check_open(request: web.Request) -> None:

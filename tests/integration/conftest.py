@@ -31,6 +31,9 @@ def service_settings(testbed: Testbed, **extra: str) -> Settings:
         **testbed.env(),
         "PREWARM_FETCH_TIMEOUT": "3",
         "PREWARM_BACKOFF_BASE": "0.05",
+        # The testbed says "Error from cloudfront" as CloudFront does, and a retry waits out an error's cache TTL
+        # (10 s) up to this cap: short here, so retried faults stay quick.
+        "PREWARM_RETRY_AFTER_CAP": "0.5",
         "PREWARM_NAMESPACE": f"prewarm-test-{uuid.uuid4().hex[:8]}",
         "PREWARM_STATE_DIR": tempfile.mkdtemp(prefix="prewarm-state-"),
         **extra,

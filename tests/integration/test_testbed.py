@@ -250,12 +250,18 @@ def test_origin_content_type_and_unknown_paths(testbed: Testbed) -> None:
 
 @pytest.mark.parametrize("code", [404, 500, 503])
 def test_fault_status_passes_through_uncached(clean_testbed: Testbed, code: int) -> None:
+    """Without cache_errors=True (the default) no error is cached, even one marked max-age."""
     tb, path = clean_testbed, f"/fault/status/{code}/obj/1kb/s"
+    marked = f"/fault/max-age/60/fault/status/{code}/obj/1kb/s"
     for _ in range(2):
         r = via(tb, "ICN51-C1", path)
         assert r.status == code and r.body == f"status {code}\n".encode()
-        assert r.headers["x-cache"] == "Miss from cloudfront" and r.headers["x-amz-cf-pop"] == "ICN51-C1"
-    assert count(tb, path, "ICN51-C1") == 2
+        assert r.headers["x-cache"] == "Error from cloudfront" and r.headers["x-amz-cf-pop"] == "ICN51-C1"
+        assert "age" not in r.headers
+        m = via(tb, "ICN51-C1", marked)
+        assert m.status == code and m.headers["cache-control"] == "max-age=60"
+        assert m.headers["x-cache"] == "Error from cloudfront" and "age" not in m.headers
+    assert count(tb, path, "ICN51-C1") == 2 and count(tb, marked, "ICN51-C1") == 2
 
 
 def test_fault_delay(clean_testbed: Testbed) -> None:
@@ -284,7 +290,7 @@ def test_fault_reset(clean_testbed: Testbed) -> None:
     with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
         direct(clean_testbed, "/fault/reset/obj/1kb/r")
     r = via(clean_testbed, "SIN2-P1", "/fault/reset/obj/1kb/r")
-    assert r.status == 502 and r.headers["x-cache"] == "Miss from cloudfront"
+    assert r.status == 502 and r.headers["x-cache"] == "Error from cloudfront"  # nginx's own 502
     assert count(clean_testbed, "/fault/reset/obj/1kb/r", "SIN2-P1") == 1  # no retry by the edge
 
 
@@ -301,7 +307,7 @@ def test_fault_truncate(clean_testbed: Testbed) -> None:
 def test_fault_retry_after(clean_testbed: Testbed, code: int) -> None:
     r = via(clean_testbed, "SYD1-C1", f"/fault/retry-after/{code}/7/obj/1kb/ra")
     assert r.status == code and r.headers["retry-after"] == "7"
-    assert r.headers["x-cache"] == "Miss from cloudfront"
+    assert r.headers["x-cache"] == "Error from cloudfront"
 
 
 def test_fault_fail_first_is_per_edge(clean_testbed: Testbed) -> None:
@@ -534,7 +540,7 @@ def test_range_is_cached_at_the_edge(clean_testbed: Testbed) -> None:
     assert whole.status == 200 and whole.headers["x-cache"] == "Miss from cloudfront" and whole.body == data
     for _ in range(2):  # 416 is not cached
         r = via(tb, pop, path, headers={"Range": "bytes=2000000-"})
-        assert r.status == 416 and r.headers["x-cache"] == "Miss from cloudfront"
+        assert r.status == 416 and r.headers["x-cache"] == "Error from cloudfront"
     cold_head = via(tb, pop, "/obj/1mb/edge/head.bin", method="HEAD", headers={"Range": "bytes=5-9"})
     assert cold_head.status == 206 and cold_head.headers["x-cache"] == "Miss from cloudfront"
     assert cold_head.body == b"" and cold_head.headers["content-length"] == "5"

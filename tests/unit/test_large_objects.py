@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from prewarm.fetch import PopClient
+from prewarm.fetch import PopClient, cached_error_seconds, server_timing
 from prewarm.fetcher import WarmOptions, part_ranges, warm_pair
 from prewarm.models import PrewarmRequest, RequestError, RetryRequest, request_error
 from prewarm.pacing import ByteBudget, Pacer
@@ -111,7 +111,9 @@ def test_an_object_over_the_part_size_is_warmed_in_parts_from_its_head() -> None
     assert len(row) == ROW_FIELDS
     assert requests(server) == [("GET", ""), ("GET", "0-3999"), ("HEAD", "0-3999"), ("GET", "4000-7999"),
                                 ("HEAD", "4000-7999"), ("GET", "8000-9999"), ("HEAD", "8000-9999")]
-    (_, status, _, _, nbytes, _, _, error_class, _, verify, _, rounds, wasted, size, warm_, parts) = row
+    (_, status, _, _, nbytes, _, _, error_class, _, verify, _, rounds, wasted, size, warm_, parts, layer,
+     reached) = row
+    assert (layer, reached) == ("", True)  # no Server-Timing: a Miss is taken to have reached the origin
     assert (status, error_class, size, warm_) == (206, "", SIZE, False)
     assert nbytes == SIZE and 0 <= wasted <= SIZE  # what the unread whole-object GET let in counts as wasted
     assert [p[0] for p in parts] == ["bytes=0-3999", "bytes=4000-7999", "bytes=8000-9999"]
@@ -179,7 +181,7 @@ def test_the_table_counts_wasted_bytes_warm_pairs_and_keeps_parts() -> None:
     assert (table.done_count, table.success_count, table.bytes_wasted, table.already_warm_count) == (4, 2, 7, 1)
     assert list(table.parts) == [2] and table.parts[2][1][6] == "http_503"
     assert full_row((3, 0, "", "", 0, 1, 1.0, "x", "y")) == (3, 0, "", "", 0, 1, 1.0, "x", "y", "", -1, 0, 0, -1,
-                                                           False, ())
+                                                           False, (), "", False)
 
 
 def test_the_report_has_a_row_per_part_and_an_outcome() -> None:
@@ -234,3 +236,66 @@ def test_large_object_settings() -> None:
                         ("PREWARM_RANGE_PART_BYTES", "0"), ("PREWARM_MIN_RATE", "-1")):
         with pytest.raises(ValueError, match=name):
             Settings.from_env({name: value})
+
+
+def test_server_timing_is_read_as_cloudfront_writes_it() -> None:
+    miss = ('cdn-upstream-layer;desc="REC",cdn-upstream-dns;dur=0,cdn-upstream-connect;dur=1,cdn-upstream-fbl;dur=3,'
+            'cdn-cache-miss,cdn-pop;desc="ATL56-C1",cdn-rid;desc="abc==",cdn-downstream-fbl;dur=4')
+    metrics = server_timing(miss)
+    assert metrics["cdn-upstream-layer"] == "REC" and metrics["cdn-pop"] == "ATL56-C1" and "cdn-cache-miss" in metrics
+    assert metrics["cdn-upstream-fbl"] == "3" and "cdn-hit-layer" not in metrics
+    hit = server_timing('cdn-cache-hit,cdn-pop;desc="FRA60-P1",cdn-hit-layer;desc="Origin Shield"')
+    assert hit["cdn-hit-layer"] == "Origin Shield" and hit["cdn-cache-hit"] == ""
+    assert server_timing(None) == {} and server_timing(" , ;") == {}
+
+
+def test_a_cached_errors_ttl_is_waited_out() -> None:
+    assert cached_error_seconds("Error from cloudfront", None, None) == 10.0  # CloudFront's default error TTL
+    assert cached_error_seconds("Error from cloudfront", "max-age=30", 12) == 18.0
+    assert cached_error_seconds("Hit from cloudfront", "public, s-maxage=4", None) == 10.0  # never under 10 s
+    assert cached_error_seconds("Error from cloudfront", "no-store", None) is None
+    assert cached_error_seconds("Miss from cloudfront", None, None) is None  # an edge that caches no errors
+    assert cached_error_seconds("Error from cloudfront", "max-age=5", 60) == 0.0
+
+
+def test_hit_layers_add_up_to_the_verified_pairs() -> None:
+    table = TaskTable([f"https://h/{i}" for i in range(4)], ["P1"])
+    table.record([
+        result_row(0, 200, "Miss", "a", 1, 1, 1.0, verify_x_cache="Hit from cloudfront", hit_layer="EDGE",
+                   origin_fetch=True),
+        result_row(1, 200, "Hit", "a", 1, 1, 1.0, verify_x_cache="Hit from cloudfront", hit_layer="REC"),
+        result_row(2, 200, "Miss", "a", 1, 1, 1.0, verify_x_cache="Miss from cloudfront", origin_fetch=True),
+        result_row(3, 200, "Miss", "a", 1, 1, 1.0, hit_layer="EDGE"),  # not verified: not counted
+    ])
+    assert table.hit_layers() == {"": 1, "EDGE": 1, "REC": 1} and table.origin_fetches == 2
+    assert list(results_frame(table)["hit_layer"]) == ["EDGE", "REC", "", "EDGE"]
+
+
+def test_a_retry_waits_until_a_cached_error_expires() -> None:
+    """A 503 the edge says it serves as an error copy is retried only once that copy may have expired (capped by
+    PREWARM_RETRY_AFTER_CAP); a 503 without such a sign is retried at once."""
+    import time
+
+    def respond(cached: bool):
+        def answer(head: bytes, n: int) -> bytes:
+            if n == 1:
+                x_cache = b"Error from cloudfront" if cached else b"Miss from cloudfront"
+                return b"HTTP/1.1 503 Busy\r\nX-Cache: %s\r\nAge: 2\r\nContent-Length: 0\r\n\r\n" % x_cache
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Cache: Miss from cloudfront\r\n\r\nk"
+        return answer
+
+    async def main(cached: bool) -> tuple[float, int]:
+        async with serving(respond(cached)) as server:
+            client = PopClient("TST1-P1", ["127.0.0.1"], settings(retry_after_cap_s=0.4, backoff_base_s=0.001), {})
+            try:
+                began = time.monotonic()
+                r = await client.fetch(f"http://{HOST}:{server.port}/x")
+                assert r.ok
+                return time.monotonic() - began, r.attempts
+            finally:
+                await client.close()
+
+    waited, attempts = asyncio.run(main(True))
+    assert attempts == 2 and 0.4 <= waited < 1.0  # 10 s less Age 2, capped at 0.4 s
+    quick, attempts = asyncio.run(main(False))
+    assert attempts == 2 and quick < 0.2

@@ -145,7 +145,8 @@ def test_request_head_is_what_a_viewer_sends() -> None:
     _, server = fetch_all(lambda head, n: ok(), ["/p%20q/é?x=1"], headers={"X-Variant": "b"})
     head = server.heads[0].decode()
     assert head == (f"GET /p%20q/%C3%A9?x=1 HTTP/1.1\r\nHost: {HOST}:{server.port}\r\n"
-                    "Accept-Encoding: gzip, deflate, br\r\nUser-Agent: cdn-prewarm/0.1\r\nX-Variant: b\r\n"
+                    "Accept-Encoding: gzip, deflate, br\r\nUser-Agent: cdn-prewarm/0.1\r\nPragma: server-timing\r\n"
+                    "X-Variant: b\r\n"
                     "Accept: */*\r\n\r\n")
 
 

@@ -280,7 +280,8 @@ def warmth_table(df: pd.DataFrame) -> pd.DataFrame:
 
     ``verified`` successes had a verification HEAD, ``hits`` of them answered a Hit, ``cold`` did not,
     ``warm_ratio`` is hits / success as in the summary (NaN without verification), ``rewarmed`` pairs
-    needed more than one GET (``until_hit``).
+    needed more than one GET (``until_hit``); ``held_<tier>`` counts the verified pairs by the tier that
+    answered from its cache (``hit_layer``: EDGE, REC, Origin Shield; ``held_none`` where no tier said).
     """
     keys = ["pop", "variant"] if "variant" in df and df["variant"].fillna("").nunique() > 1 else ["pop"]
     if df.empty:
@@ -292,6 +293,12 @@ def warmth_table(df: pd.DataFrame) -> pd.DataFrame:
     table = flags.groupby(keys, sort=False)[["success", "verified", "hits", "rewarmed"]].sum().astype(int)
     table["cold"] = table["verified"] - table["hits"]
     table["warm_ratio"] = (table["hits"] / table["success"]).where(table["verified"] > 0).round(4)
+    if "hit_layer" in df and df["hit_layer"].fillna("").ne("").any():  # the edges sent Server-Timing
+        layers = pd.crosstab([df.loc[verified, k].fillna("") for k in keys],
+                             df.loc[verified, "hit_layer"].fillna("").replace("", "none"))
+        layers.index.names = keys
+        layers = layers.reindex(table.index, fill_value=0).astype(int)
+        return pd.concat([table[WARMTH_COLUMNS], layers.add_prefix("held_")], axis=1)
     return table[WARMTH_COLUMNS]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -19,6 +19,21 @@ _CHINA_ONLY = frozenset({"cn"})
 class Catalog:
     regions: dict[str, tuple[str, ...]]
     countries: dict[str, tuple[str, ...]]
+    recs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Regional edge cache (by its AWS Region) -> the POPs that send their misses to it: a default by nearest
+    Region, since AWS publishes no mapping (the catalogue's ``about_recs``)."""
+
+    def rec_of(self, pop: str) -> str | None:
+        """The REC ``pop`` sends its misses to: the table's, else that of a catalogued POP at the same airport
+        (the code's first three letters); None when neither is known."""
+        for rec, pops in self.recs.items():
+            if pop in pops:
+                return rec
+        airport = pop[:3]
+        for rec, pops in self.recs.items():
+            if any(p[:3] == airport for p in pops):
+                return rec
+        return None
 
     def default_pops(self, target_type: str) -> list[str]:
         """The set used when the request's list for ``target_type`` is empty."""
@@ -45,6 +60,7 @@ def load_catalog() -> Catalog:
     return Catalog(
         regions={k.lower(): tuple(v) for k, v in raw["regions"].items()},
         countries={k.lower(): tuple(v) for k, v in raw["countries"].items()},
+        recs={k: tuple(v) for k, v in raw.get("recs", {}).items()},
     )
 
 

@@ -183,7 +183,7 @@ def warming_options(args: argparse.Namespace) -> dict[str, Any]:
         fields["until_hit"] = args.until_hit
     if getattr(args, "variant", None):
         fields["variants"] = [dict([header.split(": ", 1)]) for header in args.variant]
-    for name in ("callback_url", "max_rps", "max_bytes_per_s"):
+    for name in ("callback_url", "max_rps", "max_bytes_per_s", "tiering", "max_origin_concurrency"):
         if getattr(args, name, None) is not None:
             fields[name] = getattr(args, name)
     if getattr(args, "skip_warm", False):
@@ -317,6 +317,10 @@ def _add_warming_options(cmd: argparse.ArgumentParser) -> None:
                      help="cap on the job's body bytes per second, across all fetchers")
     cmd.add_argument("--skip-warm", action="store_true",
                      help="HEAD each pair first and download nothing where the edge already answers a Hit")
+    cmd.add_argument("--tiering", choices=["auto", "rec", "shield", "off"], default=None,
+                     help="first through one POP per regional edge cache (rec), one in all (shield), or none (off)")
+    cmd.add_argument("--max-origin-concurrency", type=int, default=None, metavar="N",
+                     help="at most N fetches that reach the origin in flight across the job")
 
 
 def _add_retry(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

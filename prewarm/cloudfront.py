@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -175,6 +176,40 @@ def find_distribution_id(cf: Any, cf_domain: str) -> str:
             return str(dist["Id"])
     raise CloudFrontError(f"cloudfront:ListDistributions: no distribution has the domain name {cf_domain!r}",
                           action="cloudfront:ListDistributions", code="NoSuchDistribution")
+
+
+def origin_shield_enabled(cf: Any, cf_domain: str) -> bool:
+    """Whether any origin of the distribution of ``cf_domain`` has Origin Shield on (ListDistributions' summaries
+    carry each origin's ``OriginShield``)."""
+    wanted = _norm_host(cf_domain)
+    for dist in _distributions(cf):
+        if _norm_host(dist["DomainName"]) == wanted:
+            origins = (dist.get("Origins") or {}).get("Items") or []
+            return any((origin.get("OriginShield") or {}).get("Enabled") for origin in origins)
+    raise CloudFrontError(f"cloudfront:ListDistributions: no distribution has the domain name {cf_domain!r}",
+                          action="cloudfront:ListDistributions", code="NoSuchDistribution")
+
+
+def on_ec2() -> bool:
+    """Whether this machine says it is an EC2 instance (its DMI vendor), so an instance role may hold credentials."""
+    for path in ("/sys/class/dmi/id/sys_vendor", "/sys/class/dmi/id/board_vendor"):
+        try:
+            if "amazon" in Path(path).read_text().lower():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def has_credentials() -> bool:
+    """Whether boto3's credential chain finds any. Off EC2 the instance-metadata provider is left out: it would
+    try a link-local address on every job that only wanted to know whether to ask."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    if not on_ec2():
+        session.get_component("credential_provider").remove("iam-role")
+    return session.get_credentials() is not None
 
 
 def alias_matches(alias: str, host: str) -> bool:

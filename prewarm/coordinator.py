@@ -21,6 +21,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from prewarm.catalog import load_catalog
 from prewarm.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
 from prewarm.fetcher import FetcherActor, ProbeRow
 from prewarm.metrics import record_job_end
@@ -30,12 +31,15 @@ from prewarm.plan import (
     Lane,
     ProbeChunk,
     batch_up,
+    column_groups,
+    group_firsts,
     interleave_by_node,
     lane_of_tasks,
     per_fetcher_limits,
     plan_lanes,
     probe_plan,
     released_by_probe,
+    released_in_group,
 )
 from prewarm.progress import ResultRow, one_piece, result_row
 from prewarm.registry import coordinator_name, get_state_actor
@@ -54,6 +58,7 @@ class JobLog(logging.LoggerAdapter):
         return f"[req_id={req_id}] {msg}", kwargs
 
 FETCHER_START_TIMEOUT_S = 60.0
+TIERING_LOOKUP_TIMEOUT_S = 20.0
 HEARTBEAT_S = 1.0
 BATCHES_IN_FLIGHT_PER_LANE = 2
 
@@ -84,6 +89,8 @@ class Coordinator:
         self.dispatched = 0
         self.busy: dict[int, int] = {}  # lane id -> the fetcher it is sent to, while it has work
         self.large: dict[int, int] = {}  # URL index -> size, for URLs warmed in Range parts (from the size probe)
+        self.tiering = "off"
+        self.col_group: np.ndarray | None = None  # column -> tier group (plan.column_groups); None: no tiers
         self.mean_size = 0.0  # of the probed URLs, to size batches under a byte-rate cap
         self.log = JobLog(log, {"req_id": req_id})
         self.has_job = False
@@ -174,6 +181,9 @@ class Coordinator:
         n_cols = len(pops) * self.n_variants
         lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
         probing = point["phase"] != "warming"  # not probed yet (a restarted coordinator probes the URLs left)
+        self.tiering = await self._decide_tiering()
+        self.col_group = self._column_groups([p.pop for p in pops])
+        await self.state.set_tiering.remote(self.req_id, self.tiering)
         self.log.info("warming %d tasks (%s): %d POPs x %d variant(s), %d lanes over %d fetchers "
                       "(%d unavailable POPs)", len(point["pending"]),
                       "a size probe per URL first" if probing else "probed already", len(pops), self.n_variants,
@@ -202,6 +212,38 @@ class Coordinator:
             drives.cancel()
             raise
         return "FINISHED", ""
+
+    async def _decide_tiering(self) -> str:
+        """The request's tiering; ``auto`` is ``shield`` when the distribution has Origin Shield on
+        (PREWARM_ORIGIN_SHIELD, else its config through boto3 when credentials are there), otherwise ``rec``."""
+        mode = self.request.tiering or "auto"
+        if mode != "auto":
+            return mode
+        shield = self.settings.origin_shield
+        if shield is None and self.cf_domain:
+            from prewarm.cloudfront import CloudFrontError, has_credentials, make_clients, origin_shield_enabled
+
+            def ask() -> bool:
+                return has_credentials() and origin_shield_enabled(make_clients()[0], self.cf_domain)
+
+            try:
+                shield = await asyncio.wait_for(asyncio.to_thread(ask), TIERING_LOOKUP_TIMEOUT_S)
+            except (CloudFrontError, TimeoutError, OSError) as exc:
+                self.log.warning("could not read the distribution's Origin Shield setting (%s): tiering rec", exc)
+                shield = False
+        return "shield" if shield else "rec"
+
+    def _column_groups(self, pops: list[str]) -> np.ndarray | None:
+        """Column -> tier group for ``rec`` (POPs of one REC, by the catalogue) and ``shield`` (every POP); None for
+        ``off``, where every POP goes once the size probe answered. A POP whose REC is unknown is a group alone."""
+        if self.tiering == "off":
+            return None
+        if self.tiering == "shield":
+            return column_groups([0] * len(pops), self.n_variants)
+        catalog = load_catalog()
+        names: dict[str, int] = {}
+        groups = [names.setdefault(catalog.rec_of(pop) or f"pop:{pop}", len(names)) for pop in pops]
+        return column_groups(groups, self.n_variants)
 
     async def _invalidate(self) -> None:
         """Invalidate the URLs' paths and wait until CloudFront completed it, before anything is fetched."""
@@ -285,9 +327,10 @@ class Coordinator:
     async def _probe(self, pops: list[PopAddresses], lanes: list[Lane], n_cols: int, limits: list[int],
                      feeds: dict[int, asyncio.Queue[list[int] | None]]) -> None:
         """Run one task of each URL before its others (``plan.probe_plan``): a warm-up GET like any other, on
-        the fetcher and pool of its lane. As each chunk answers, its URLs' other tasks go to their lanes, except
-        a URL that answered a 4xx: its other tasks are failed instead of sent to every POP. The sizes learnt
-        give ``total_size``.
+        the fetcher and pool of its lane. As each chunk answers, its URLs' other tasks go to their lanes (with
+        tiering, those of the probe's tier group; every other group first gets one fetch, and its other POPs go once
+        that answered), except a URL that answered a 4xx: its other tasks are failed instead of sent to every POP.
+        The sizes learnt give ``total_size``. First-tier fetches hold a slot of ``max_origin_concurrency``.
 
         A HEAD before the GETs cost one more request per URL, at the POP and, on a cold edge, at the origin;
         waiting for every probe before any other GET left the machine idle at the switch.
@@ -299,6 +342,10 @@ class Coordinator:
         lane_of = lane_of_tasks(lanes, len(urls) * n_cols, n_cols)
         plan = probe_plan(lanes, lane_of, n_cols, limits, self._batch_size(rps))
         sizes = np.zeros(len(urls), dtype=np.int64)
+        col_group = self.col_group
+        cap = self.request.max_origin_concurrency or self.settings.max_origin_concurrency
+        origin_limit = max(1, cap // max(1, len(self.fetchers)))  # each fetcher's share of first-tier fetches
+        firsts: list[asyncio.Future[None]] = []
 
         async def learnt(chunk: ProbeChunk, batch: tuple[ProbeRow, ...]) -> None:
             through = pops[chunk.column // self.n_variants].pop
@@ -318,29 +365,50 @@ class Coordinator:
                 if nbytes > part_bytes:
                     self.large[index] = int(nbytes)
                 passed.append(index)
-            for lane_id, url_indices in released_by_probe(lane_of, passed, chunk.column, n_cols).items():
-                feeds[lane_id].put_nowait(url_indices)
+            if col_group is None:  # off: every other POP now
+                release(released_by_probe(lane_of, passed, chunk.column, n_cols))
+            else:  # the probe's own tier group now; every other group's first fetch, then that group
+                release(released_in_group(lane_of, passed, chunk.column, col_group, n_cols))
+                for lane_id, task_ids in group_firsts(lane_of, passed, chunk.column, col_group, n_cols).items():
+                    step = self._batch_size(rps)
+                    for s in range(0, len(task_ids), step):
+                        self.dispatched += len(task_ids[s:s + step])
+                        firsts.append(asyncio.ensure_future(run_first(lanes[lane_id], task_ids[s:s + step])))
             if refused:
                 await self.state.record.remote(self.req_id, refused)
 
-        async def run(chunk: ProbeChunk) -> None:
-            """The chunk on its lane's fetcher, or on a survivor if that one dies; then what it learnt."""
-            pop, variant = divmod(chunk.column, self.n_variants)
-            tasks = one_piece((t, urls[t // n_cols]) for t in chunk.task_ids)
+        def release(held: dict[int, list[int]]) -> None:
+            for lane_id, url_indices in held.items():
+                feeds[lane_id].put_nowait(url_indices)
+
+        async def call(column: int, owner_of: int, limit: int, task_ids: list[int]) -> tuple[ProbeRow, ...]:
+            """First-tier tasks on their lane's fetcher, or on a survivor if that one dies."""
+            pop, variant = divmod(column, self.n_variants)
+            tasks = one_piece((t, urls[t // n_cols]) for t in task_ids)
             while True:
-                owner = self._alive_owner(chunk.owner)
+                owner = self._alive_owner(owner_of)
                 try:
-                    batch = await self.fetchers[owner].probe_batch.remote(
-                        pops[pop].pop, pops[pop].addresses, tasks, self.deadline, chunk.limit, variant, rps,
-                        self._phase(owner), bps)
+                    return await self.fetchers[owner].probe_batch.remote(
+                        pops[pop].pop, pops[pop].addresses, tasks, self.deadline, limit, variant, rps,
+                        self._phase(owner), bps, origin_limit)
                 except RayActorError:
                     self._mark_dead(owner)
-                    continue
-                await learnt(chunk, batch)
-                return
+
+        async def run(chunk: ProbeChunk) -> None:
+            await learnt(chunk, await call(chunk.column, chunk.owner, chunk.limit, chunk.task_ids))
+
+        async def run_first(lane: Lane, task_ids: list[int]) -> None:
+            """A tier group's first fetch of some URLs; once it answered, the group's other POPs may go (its REC,
+            or the shield, holds them now)."""
+            assert col_group is not None
+            await call(lane.column, lane.owner, limits[lane.column], task_ids)
+            release(released_in_group(lane_of, [t // n_cols for t in task_ids], lane.column, col_group, n_cols))
 
         self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
         await asyncio.gather(*(run(chunk) for chunk in plan))
+        while firsts:
+            running, firsts[:] = list(firsts), []
+            await asyncio.gather(*running)
         known = sizes[sizes > 0]
         self.mean_size = float(known.mean()) if len(known) else 0.0
         await self.state.set_sizes.remote(self.req_id, sizes)

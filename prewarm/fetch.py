@@ -115,7 +115,8 @@ _MAX_AGE = re.compile(r"(?:^|[,\s])(?:s-maxage|max-age)\s*=\s*\"?(\d+)", re.IGNO
 def cached_error_seconds(x_cache: str, cache_control: str | None, age: int | None) -> float | None:
     """How long an error answer may stay in the edge's cache: CloudFront caches errors (``X-Cache`` says Error, or
     Hit when served from cache) for ``max-age`` or else 10 s, less the ``Age`` it has been held (the whole TTL
-    when the edge sends none). None for an answer that says it was not cached (``no-store``) or is no error copy."""
+    when the edge sends none), plus a second, since ``Age`` is whole seconds. None for an answer that says it was
+    not cached (``no-store``) or is no error copy."""
     value = x_cache.strip().lower()
     if not (value.startswith("error") or value.startswith("hit") or value.startswith("refreshhit")):
         return None
@@ -124,7 +125,7 @@ def cached_error_seconds(x_cache: str, cache_control: str | None, age: int | Non
         return None
     match = _MAX_AGE.search(control)
     ttl = max(ERROR_TTL_S, float(match[1])) if match else ERROR_TTL_S
-    return max(0.0, ttl - (age or 0))
+    return max(0.0, ttl - (age or 0)) + 1.0
 
 
 def range_header(first: int, last: int) -> str:

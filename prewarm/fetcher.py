@@ -13,9 +13,9 @@ from typing import Generic, TypeVar
 
 import ray
 
-from prewarm.fetch import FetchResult, PopClient, preload_trust_store
+from prewarm.fetch import FetchResult, PopClient, Slots, preload_trust_store
 from prewarm.metrics import record_batch
-from prewarm.pacing import ByteBudget, Pacer
+from prewarm.pacing import AdaptiveLimit, ByteBudget, Pacer
 from prewarm.progress import NO_X_CACHE, PartRow, ResultRow, is_hit, one_piece
 from prewarm.registry import get_state_actor
 from prewarm.settings import Settings
@@ -44,6 +44,7 @@ class Fetcher:
         self._budget = ByteBudget()
         self._state = get_state_actor(settings)
         self._reporter: asyncio.Task[None] | None = None
+        self._origin: OriginGate | None = None
         preload_trust_store(settings.ca_bundle)  # while the fetcher waits for its job, not in it
 
     def bind(self, variant_headers: list[dict[str, str]], verify: bool = False, until_hit: int = 0,
@@ -90,15 +91,25 @@ class Fetcher:
     async def probe_batch(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
         variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
+        origin_limit: int | None = None,
     ) -> tuple[ProbeRow, ...]:
-        """``fetch_batch`` for the size probe: each task is its URL's first, and what its GET learnt goes back
-        to the coordinator too: the object's size, or the 4xx that spares sending the URL to every other POP."""
-        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, None)
+        """``fetch_batch`` for first-tier fetches (the size probe, and a tier's first fetch of a URL): each task is
+        its URL's first in its tier, and what its GET learnt goes back to the coordinator too: the object's size,
+        or the 4xx that spares sending the URL to every other POP. ``origin_limit``: this fetcher's share of the
+        job's ``max_origin_concurrency``."""
+        if origin_limit is not None:
+            if self._origin is None:
+                self._origin = OriginGate(origin_limit)
+            else:
+                self._origin.set_ceiling(origin_limit)
+        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, None,
+                               self._origin if origin_limit is not None else None)
         return one_piece((row[0], row[1], row[13] if row[13] >= 0 else row[4], row[7], row[8]) for row in rows)
 
     async def _run(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
         variant: int, rps: float | None, phase: float, bps: float | None, sizes: Mapping[str, int] | None,
+        origin: OriginGate | None = None,
     ) -> list[ResultRow]:
         self._pacer.set_rate(rps, phase)
         self._budget.set_rate(bps)
@@ -106,11 +117,15 @@ class Fetcher:
             self._reporter = asyncio.ensure_future(self._report_bytes())
         client, workers = self._client(pop, addresses, limit, variant)
         opts = WarmOptions(self._pacer, self._budget, self._verify, self._until_hit, self._skip_warm,
-                           self._settings.range_part_bytes, deadline, sizes or {})
+                           self._settings.range_part_bytes, deadline, sizes or {}, origin)
         rows = await workers.run(tasks, partial(warm_pair, client, opts))
         await self._state.record.remote(self._req_id, one_piece(rows))
         record_batch(pop, rows)
         return rows
+
+    def origin_limits(self) -> list[tuple[float, int]]:
+        """How this fetcher's first-tier concurrency limit changed: (monotonic time, limit)."""
+        return [] if self._origin is None else list(self._origin.limit.history)
 
     def bytes_received(self) -> int:
         """Body bytes this fetcher has read for its job, those of fetches still running included."""
@@ -135,6 +150,51 @@ class Fetcher:
 
 
 BYTES_REPORT_S = 1.0
+OVERLOAD_CLASSES = frozenset({"connect_timeout", "fetch_timeout", "timeout", "stall", "too_slow"})
+
+
+class OriginGate:
+    """A fetcher's share of the job's ``max_origin_concurrency``: slots for first-tier fetches, as many as an
+    ``AdaptiveLimit`` allows (cut when the origin shows trouble, raised while healthy, never above the share)."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.limit = AdaptiveLimit(ceiling)
+        self.slots = Slots(self.limit.limit)
+        self._debt = 0  # slots to withhold as fetches end, after the limit was cut
+
+    def set_ceiling(self, ceiling: int) -> None:
+        self.limit.ceiling = max(1, ceiling)
+        if self.limit.limit > self.limit.ceiling:
+            self._resize(self.limit.limit, self.limit.ceiling)
+            self.limit.limit = self.limit.ceiling
+
+    async def acquire(self) -> None:
+        if not self.slots.take():
+            await self.slots.acquire()
+
+    def release(self, result: FetchResult | None) -> None:
+        """A first-tier fetch ended (``result`` None: it raised); the limit learns from it."""
+        before = self.limit.limit
+        if result is not None:
+            overloaded = result.status >= 500 or result.status == 429 or result.error_class in OVERLOAD_CLASSES
+            small = result.nbytes < 256 * 1024  # the time of a small answer is about its first byte's
+            self.limit.observe(overloaded, result.elapsed_ms if small and result.ok else None)
+        if self._debt:
+            self._debt -= 1
+        else:
+            self.slots.release()
+        self._resize(before, self.limit.limit)
+
+    def _resize(self, before: int, after: int) -> None:
+        for _ in range(after - before):  # raised: new slots, to waiters first
+            if self._debt:
+                self._debt -= 1
+            else:
+                self.slots.release()
+        if after < before:
+            self._debt += before - after
+
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +209,7 @@ class WarmOptions:
     part_bytes: int = 30 * 1024**3
     deadline: float | None = None
     sizes: Mapping[str, int] = field(default_factory=dict)  # object sizes known above part_bytes, by URL
+    origin: OriginGate | None = None  # first-tier fetches (those that reach the origin) hold one of its slots
 
 
 async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str) -> ResultRow:
@@ -171,11 +232,20 @@ async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str
         if skipped.ok:  # cold: warm it through the address that answered, knowing its size
             address = skipped.address
             size = skipped.content_length
-    if size is not None and size > opts.part_bytes:
-        return await warm_parts(client, opts, task_id, url, size, address, skipped)
-    r = await client.fetch(url, "GET", deadline, address=address, pace=pace, gate=gate, max_body=opts.part_bytes)
-    if r.oversize and r.size is not None:  # larger than one cacheable object: the head said so, nothing read
-        return await warm_parts(client, opts, task_id, url, r.size, r.address, r)
+    origin = opts.origin
+    if origin is not None:
+        await origin.acquire()
+    r: FetchResult | None = None
+    try:
+        if size is not None and size > opts.part_bytes:
+            return await warm_parts(client, opts, task_id, url, size, address, skipped)
+        r = await client.fetch(url, "GET", deadline, address=address, pace=pace, gate=gate, max_body=opts.part_bytes)
+        if r.oversize and r.size is not None:  # larger than one cacheable object: the head said so, nothing read
+            return await warm_parts(client, opts, task_id, url, r.size, r.address, r)
+    finally:
+        if origin is not None:
+            origin.release(r)
+    assert r is not None
     verify_x_cache, age, rounds, layer = "", -1, 1, r.hit_layer
     if opts.verify and r.ok:
         verify_x_cache, age, rounds, layer = await verify_pair(client, opts, url, r.address, None, pace, gate)

@@ -230,6 +230,15 @@ class PrewarmRequest(BaseModel):
         default=False, description="HEAD each pair through its POP first; a Hit is recorded as already warm and "
         "its body is not downloaded."
     )
+    tiering: str = Field(
+        default="auto", description="How a URL reaches its POPs: 'rec' (first through one POP per regional edge "
+        "cache, then the REC's other POPs), 'shield' (one first fetch, then every POP), 'off' (every POP once the "
+        "size probe answered), 'auto' (shield when the distribution has Origin Shield on, else rec)."
+    )
+    max_origin_concurrency: Integer | None = Field(
+        default=None, description="At most this many first-tier fetches (those that reach the origin) in flight "
+        "across the job, adapted down when the origin shows trouble; default PREWARM_MAX_ORIGIN_CONCURRENCY."
+    )
 
     @field_validator("url_list")
     @classmethod
@@ -322,6 +331,16 @@ class PrewarmRequest(BaseModel):
     def _max_bytes_per_s(cls, value: float | None) -> float | None:
         return positive_byte_rate(value)
 
+    @field_validator("tiering", mode="before")
+    @classmethod
+    def _tiering(cls, value: Any) -> str:
+        return tiering_mode(value)
+
+    @field_validator("max_origin_concurrency")
+    @classmethod
+    def _max_origin_concurrency(cls, value: int | None) -> int | None:
+        return origin_concurrency(value)
+
     @field_validator("instance_count")
     @classmethod
     def _instances(cls, value: int) -> int:
@@ -351,6 +370,21 @@ class PrewarmRequest(BaseModel):
     def variant_labels(self) -> list[str]:
         """How reports name each variant (empty for the single default variant)."""
         return [variant_label(v) for v in (self.variants or [{}])]
+
+
+TIERINGS = ("auto", "rec", "shield", "off")
+
+
+def tiering_mode(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in TIERINGS:
+        raise ValueError(f"must be one of {', '.join(TIERINGS)}")
+    return value.strip().lower()
+
+
+def origin_concurrency(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_CONCURRENCY * MAX_INSTANCES:
+        raise ValueError(f"must be between 1 and {MAX_CONCURRENCY * MAX_INSTANCES}")
+    return value
 
 
 def positive_byte_rate(value: float | None) -> float | None:
@@ -386,6 +420,8 @@ class RetryRequest(BaseModel):
     max_rps: Number | None = None
     max_bytes_per_s: Number | None = None
     skip_warm: Boolean | None = None
+    tiering: str | None = None
+    max_origin_concurrency: Integer | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -408,6 +444,16 @@ class RetryRequest(BaseModel):
     @classmethod
     def _max_bytes_per_s(cls, value: float | None) -> float | None:
         return positive_byte_rate(value)
+
+    @field_validator("tiering", mode="before")
+    @classmethod
+    def _tiering(cls, value: Any) -> str | None:
+        return None if value is None else tiering_mode(value)
+
+    @field_validator("max_origin_concurrency")
+    @classmethod
+    def _max_origin_concurrency(cls, value: int | None) -> int | None:
+        return origin_concurrency(value)
 
     @field_validator("need_invalidate")
     @classmethod
@@ -544,6 +590,7 @@ class ProgressResponse(BaseModel):
         default=0, description="Warm-up GETs that reached the origin: a miss in every tier by Server-Timing "
         "(cdn-cache-miss), or, where the edges send none, an X-Cache Miss."
     )
+    tiering: str = Field(default="", description="The tiering the job uses (rec, shield or off), once decided.")
     error_message: str = ""
     created_at: str
     last_update_time: str
@@ -591,6 +638,7 @@ class SummaryResponse(BaseModel):
     byte_rate: float = 0.0
     already_warm_count: int = 0
     origin_fetches: int = 0
+    tiering: str = Field(default="", description="The tiering the job used (rec, shield or off), once decided.")
     hit_layers: dict[str, int] = Field(
         default_factory=dict, description="Verified pairs by the tier that answered their verification from its "
         "cache (Server-Timing cdn-hit-layer: EDGE, REC, Origin Shield; \"\" where absent); adds up to the verified "

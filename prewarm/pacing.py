@@ -106,3 +106,44 @@ class ByteBudget:
         self._refill()
         self._tokens -= n
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
+class AdaptiveLimit:
+    """AIMD on concurrent first-tier fetches (those that reach the origin), as TCP and Netflix's concurrency-limits
+    do: halve on a sign of an origin in trouble (a 5xx, a 429, a timeout, or a fetch over ``slow_factor`` times the
+    fastest seen), at most once per ``cooldown_s``; otherwise grow by one for every ``limit`` healthy fetches, never
+    above ``ceiling``. ``history`` keeps each change, for progress and tests."""
+
+    def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic, cooldown_s: float = 0.5,
+                 slow_factor: float = 4.0, start: int | None = None) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = min(self.ceiling, max(1, start if start is not None else self.ceiling))
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        self._slow_factor = slow_factor
+        self._cut_at = -float("inf")
+        self._healthy = 0
+        self._fastest_ms: float | None = None
+        self.history: list[tuple[float, int]] = [(clock(), self.limit)]
+
+    def observe(self, overloaded: bool, latency_ms: float | None = None) -> int:
+        """One first-tier fetch ended; returns the limit now."""
+        if latency_ms is not None and latency_ms > 0 and not overloaded:
+            fastest = self._fastest_ms = latency_ms if self._fastest_ms is None else min(self._fastest_ms, latency_ms)
+            overloaded = latency_ms > max(self._slow_factor * fastest, fastest + 50.0)
+        now = self._clock()
+        if overloaded:
+            self._healthy = 0
+            if now - self._cut_at >= self._cooldown_s and self.limit > 1:
+                self._cut_at = now
+                self._set(max(1, self.limit // 2), now)
+            return self.limit
+        self._healthy += 1
+        if self._healthy >= self.limit and self.limit < self.ceiling:
+            self._healthy = 0
+            self._set(self.limit + 1, now)
+        return self.limit
+
+    def _set(self, limit: int, now: float) -> None:
+        self.limit = limit
+        self.history.append((now, limit))

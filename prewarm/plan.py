@@ -151,3 +151,49 @@ def per_fetcher_limits(lanes: Sequence[Lane], n_cols: int, max_concurrency: int,
     for lane in lanes:
         pools[lane.column // n_variants].add((lane.owner, lane.column))
     return [max(1, max_concurrency // max(1, len(pools[c // n_variants]))) for c in range(n_cols)]
+
+
+def column_groups(pop_groups: Sequence[int], n_variants: int) -> np.ndarray:
+    """Column -> its tier group: columns whose POPs share a cache tier above them (a REC, or the Origin Shield)
+    and that hold the same variant (each variant is its own cache key) are one group."""
+    n_groups = max(pop_groups, default=-1) + 1
+    return np.asarray([v * n_groups + g for g in pop_groups for v in range(n_variants)], dtype=np.int64)
+
+
+def released_in_group(lane_of: np.ndarray, url_indices: Sequence[int], done_column: int, col_group: np.ndarray,
+                      n_cols: int) -> dict[int, list[int]]:
+    """What a first fetch in its group lets go: the URLs' tasks in the other columns of ``done_column``'s group
+    (their tier above now holds the object), as lane id -> URL indices."""
+    cols = np.flatnonzero(col_group == col_group[done_column])
+    cols = cols[cols != done_column]
+    if not len(cols) or not len(url_indices):
+        return {}
+    urls = np.asarray(url_indices, dtype=np.int64)
+    tasks = (urls[:, None] * n_cols + cols[None, :]).ravel()
+    return {lane_id: [t // n_cols for t in mine] for lane_id, mine in _by_lane(lane_of[tasks], tasks).items()}
+
+
+def group_firsts(lane_of: np.ndarray, url_indices: Sequence[int], probe_column: int, col_group: np.ndarray,
+                 n_cols: int) -> dict[int, list[int]]:
+    """The first fetch of every other group, for URLs whose probe went through ``probe_column``: in each group the
+    URL's nth held column (n = URL index mod the columns it holds there, spreading them), as lane id -> task ids.
+    The probe itself is its own group's first."""
+    urls = np.asarray(url_indices, dtype=np.int64)
+    chosen: list[np.ndarray] = []
+    for group in np.unique(col_group):
+        if group == col_group[probe_column] or not len(urls):
+            continue
+        cols = np.flatnonzero(col_group == group)
+        held = lane_of[urls[:, None] * n_cols + cols[None, :]] >= 0
+        counts = held.sum(axis=1)
+        has = counts > 0
+        if not has.any():
+            continue
+        mine, held, counts = urls[has], held[has], counts[has]
+        nth = (mine % counts + 1)[:, None]
+        pick = cols[np.argmax(held & (np.cumsum(held, axis=1) == nth), axis=1)]
+        chosen.append(mine * n_cols + pick)
+    if not chosen:
+        return {}
+    tasks = np.concatenate(chosen)
+    return _by_lane(lane_of[tasks], tasks)

@@ -229,6 +229,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     ok, failed = summary.get("success_count", 0), summary.get("failure_count", 0)
     lines = [f"request {summary.get('request_id', '?')}: {summary.get('status', '?')}, "
              f"{ok} succeeded, {failed} failed"]
+    if summary.get("tiering"):
+        layers = ", ".join(f"{name or 'none'} {count}" for name, count in (summary.get("hit_layers") or {}).items())
+        lines.append(f"tiering {summary['tiering']}: {summary.get('origin_fetches', 0)} fetches reached the origin"
+                     + (f"; verified pairs held by tier: {layers}" if layers else ""))
     if summary.get("already_warm_count"):
         lines.append(f"already warm: {summary['already_warm_count']} pairs answered a Hit before any GET "
                      "(no body downloaded)")

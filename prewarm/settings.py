@@ -17,6 +17,18 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _tristate(name: str, value: str | None) -> bool | None:
+    """``1``/``0`` (or true/false, yes/no, on/off) as a bool; unset or empty as None."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"setting {name}={value!r} must be 1 or 0")
+
+
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
@@ -41,6 +53,8 @@ class Settings:
     min_rate_window_s: float = 30.0
     body_attempts: int = 2
     range_part_bytes: int = 30 * 1024**3  # CloudFront caches at most 30 GB per object: larger ones in ranges
+    max_origin_concurrency: int = 64
+    origin_shield: bool | None = None  # PREWARM_ORIGIN_SHIELD=1|0; None: asked of CloudFront when credentials exist
     connect_timeout_s: float = 5.0
     dns_timeout_s: float = 5.0
     attempts: int = 3
@@ -97,6 +111,8 @@ class Settings:
             min_rate_window_s=float(num("PREWARM_MIN_RATE_WINDOW", base.min_rate_window_s, float, above=True)),
             body_attempts=int(num("PREWARM_BODY_ATTEMPTS", base.body_attempts, least=1)),
             range_part_bytes=int(num("PREWARM_RANGE_PART_BYTES", base.range_part_bytes, least=1)),
+            max_origin_concurrency=int(num("PREWARM_MAX_ORIGIN_CONCURRENCY", base.max_origin_concurrency, least=1)),
+            origin_shield=_tristate("PREWARM_ORIGIN_SHIELD", env.get("PREWARM_ORIGIN_SHIELD")),
             connect_timeout_s=float(num("PREWARM_CONNECT_TIMEOUT", base.connect_timeout_s, float, above=True)),
             dns_timeout_s=float(num("PREWARM_DNS_TIMEOUT", base.dns_timeout_s, float, above=True)),
             attempts=int(num("PREWARM_ATTEMPTS", base.attempts, least=1)),  # 0 would fetch nothing

@@ -74,6 +74,7 @@ class Job:
     api_base: str = ""
     webhook: dict[str, Any] | None = None
     fetch_started: float | None = None  # unix time its first fetch went out (phase probing or warming)
+    tiering: str = ""  # the tiering the coordinator chose (rec, shield, off)
     live: dict[int, int] = field(default_factory=dict)  # fetcher pid -> body bytes it has read for this job
     byte_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic time, bytes received)
 
@@ -256,6 +257,13 @@ class State:
             if phase in ("probing", "warming") and job.fetch_started is None:
                 job.fetch_started = time.time()
             job.touch()
+            self._persist(job)
+
+    @writes
+    def set_tiering(self, req_id: str, tiering: str) -> None:
+        job = self.jobs[req_id]
+        if not job.final:
+            job.tiering = tiering
             self._persist(job)
 
     def live_bytes(self, req_id: str, fetcher: int, total: int) -> None:
@@ -507,6 +515,7 @@ class State:
             "byte_rate": job.byte_rate(),
             "already_warm_count": 0 if table is None else table.already_warm_count,
             "origin_fetches": 0 if table is None else table.origin_fetches,
+            "tiering": job.tiering,
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -545,6 +554,7 @@ class State:
             "byte_rate": job.byte_rate(),
             "already_warm_count": table.already_warm_count,
             "origin_fetches": table.origin_fetches,
+            "tiering": job.tiering,
             "hit_layers": table.hit_layers(),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
@@ -599,7 +609,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "pop_failures": job.pop_failures, "total_size": job.total_size, "node_ids": job.node_ids,
         "instance_count": job.instance_count, "report_key": job.report_key,
         "request": job.request, "variants": job.variants, "api_base": job.api_base,
-        "webhook": job.webhook, "fetch_started": job.fetch_started,
+        "webhook": job.webhook, "fetch_started": job.fetch_started, "tiering": job.tiering,
     }
 
 
@@ -614,7 +624,8 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
               instance_count=meta.get("instance_count", 1), report_key=meta.get("report_key"),
               request=meta.get("request") or {}, variants=meta.get("variants") or [""],
               selected=[tuple(t) for t in meta["selected"]] if meta.get("selected") is not None else None,
-              api_base=meta.get("api_base", ""), webhook=meta.get("webhook"), fetch_started=meta.get("fetch_started"))
+              api_base=meta.get("api_base", ""), webhook=meta.get("webhook"), fetch_started=meta.get("fetch_started"),
+              tiering=meta.get("tiering", ""))
     return job
 
 

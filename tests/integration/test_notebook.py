@@ -103,6 +103,16 @@ def test_warmth_from_a_frame() -> None:
     assert [round(b.get_height(), 1) for b in analysis.plot_warmth(both).axes[0].patches] == [100.0, 50.0, 100.0]
 
 
+def test_warmth_shows_which_tier_holds_the_pairs() -> None:
+    frame = results_frame()
+    verified = frame["verify_x_cache"].ne("")
+    layers = ["EDGE" if i % 3 else "REC" for i in range(len(frame))]
+    table = analysis.warmth_table(frame.assign(hit_layer=[x if v else "" for x, v in zip(layers, verified,
+                                                                                     strict=True)]))
+    assert list(table.columns) == [*analysis.WARMTH_COLUMNS, "held_EDGE", "held_REC"]
+    assert (table["held_EDGE"] + table["held_REC"]).tolist() == table["verified"].tolist()
+
+
 def test_jobs_frame_sorts_newest_first() -> None:
     rows = [{"request_id": "old", "created_at": "2024-04-16 03:10:21.405303", "status": "FINISHED"},
             {"request_id": "new", "created_at": "2024-04-16 03:12:21.046535", "status": "IN_PROGRESS"}]

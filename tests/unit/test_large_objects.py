@@ -250,12 +250,13 @@ def test_server_timing_is_read_as_cloudfront_writes_it() -> None:
 
 
 def test_a_cached_errors_ttl_is_waited_out() -> None:
-    assert cached_error_seconds("Error from cloudfront", None, None) == 10.0  # CloudFront's default error TTL
-    assert cached_error_seconds("Error from cloudfront", "max-age=30", 12) == 18.0
-    assert cached_error_seconds("Hit from cloudfront", "public, s-maxage=4", None) == 10.0  # never under 10 s
+    # CloudFront's default error TTL (10 s) less Age, plus a second for Age's whole seconds
+    assert cached_error_seconds("Error from cloudfront", None, None) == 11.0
+    assert cached_error_seconds("Error from cloudfront", "max-age=30", 12) == 19.0
+    assert cached_error_seconds("Hit from cloudfront", "public, s-maxage=4", None) == 11.0  # never under 10 s
     assert cached_error_seconds("Error from cloudfront", "no-store", None) is None
     assert cached_error_seconds("Miss from cloudfront", None, None) is None  # an edge that caches no errors
-    assert cached_error_seconds("Error from cloudfront", "max-age=5", 60) == 0.0
+    assert cached_error_seconds("Error from cloudfront", "max-age=5", 60) == 1.0
 
 
 def test_hit_layers_add_up_to_the_verified_pairs() -> None:
@@ -296,6 +297,6 @@ def test_a_retry_waits_until_a_cached_error_expires() -> None:
                 await client.close()
 
     waited, attempts = asyncio.run(main(True))
-    assert attempts == 2 and 0.4 <= waited < 1.0  # 10 s less Age 2, capped at 0.4 s
+    assert attempts == 2 and 0.4 <= waited < 1.0  # 10 s less Age 2 plus 1, capped at 0.4 s
     quick, attempts = asyncio.run(main(False))
     assert attempts == 2 and quick < 0.2

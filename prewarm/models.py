@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -176,6 +177,32 @@ def parse_headers(value: Any) -> dict[str, str]:
     return headers
 
 
+TIERINGS = ("auto", "rec", "shield", "off")
+
+
+def tiering_mode(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in TIERINGS:
+        raise ValueError(f"must be one of {', '.join(TIERINGS)}")
+    return value.strip().lower()
+
+
+def origin_concurrency(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_CONCURRENCY * MAX_INSTANCES:
+        raise ValueError(f"must be between 1 and {MAX_CONCURRENCY * MAX_INSTANCES}")
+    return value
+
+
+def positive_byte_rate(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ValueError("must be a positive number of bytes per second")
+    return value
+
+
+ByteRate = Annotated[float, BeforeValidator(_number), AfterValidator(positive_byte_rate)]
+Tiering = Annotated[str, BeforeValidator(tiering_mode)]
+OriginConcurrency = Annotated[int, BeforeValidator(_integer), AfterValidator(origin_concurrency)]
+
+
 class PrewarmRequest(BaseModel):
     """``POST /prewarm`` body, as published, plus an object form for ``header``."""
 
@@ -222,7 +249,7 @@ class PrewarmRequest(BaseModel):
     retry_of: str | None = Field(
         default=None, description="Set by the service on a retry job: the job whose failed tasks it re-runs."
     )
-    max_bytes_per_s: Number | None = Field(
+    max_bytes_per_s: ByteRate | None = Field(
         default=None, description="Cap on body bytes per second for the whole job, across every fetcher and node, "
         "counted where the bytes arrive."
     )
@@ -230,12 +257,12 @@ class PrewarmRequest(BaseModel):
         default=False, description="HEAD each pair through its POP first; a Hit is recorded as already warm and "
         "its body is not downloaded."
     )
-    tiering: str = Field(
+    tiering: Tiering = Field(
         default="auto", description="How a URL reaches its POPs: 'rec' (first through one POP per regional edge "
         "cache, then the REC's other POPs), 'shield' (one first fetch, then every POP), 'off' (every POP once the "
         "size probe answered), 'auto' (shield when the distribution has Origin Shield on, else rec)."
     )
-    max_origin_concurrency: Integer | None = Field(
+    max_origin_concurrency: OriginConcurrency | None = Field(
         default=None, description="At most this many first-tier fetches (those that reach the origin) in flight "
         "across the job, adapted down when the origin shows trouble; default PREWARM_MAX_ORIGIN_CONCURRENCY."
     )
@@ -326,21 +353,6 @@ class PrewarmRequest(BaseModel):
     def _retry_of(cls, value: str | None) -> str | None:
         return None if value is None else parse_req_id(value)
 
-    @field_validator("max_bytes_per_s")
-    @classmethod
-    def _max_bytes_per_s(cls, value: float | None) -> float | None:
-        return positive_byte_rate(value)
-
-    @field_validator("tiering", mode="before")
-    @classmethod
-    def _tiering(cls, value: Any) -> str:
-        return tiering_mode(value)
-
-    @field_validator("max_origin_concurrency")
-    @classmethod
-    def _max_origin_concurrency(cls, value: int | None) -> int | None:
-        return origin_concurrency(value)
-
     @field_validator("instance_count")
     @classmethod
     def _instances(cls, value: int) -> int:
@@ -372,27 +384,6 @@ class PrewarmRequest(BaseModel):
         return [variant_label(v) for v in (self.variants or [{}])]
 
 
-TIERINGS = ("auto", "rec", "shield", "off")
-
-
-def tiering_mode(value: Any) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in TIERINGS:
-        raise ValueError(f"must be one of {', '.join(TIERINGS)}")
-    return value.strip().lower()
-
-
-def origin_concurrency(value: int | None) -> int | None:
-    if value is not None and not 1 <= value <= MAX_CONCURRENCY * MAX_INSTANCES:
-        raise ValueError(f"must be between 1 and {MAX_CONCURRENCY * MAX_INSTANCES}")
-    return value
-
-
-def positive_byte_rate(value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        raise ValueError("must be a positive number of bytes per second")
-    return value
-
-
 def variant_label(headers: dict[str, str]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in headers.items())
 
@@ -418,10 +409,10 @@ class RetryRequest(BaseModel):
     until_hit: Integer | None = None
     callback_url: str | None = None
     max_rps: Number | None = None
-    max_bytes_per_s: Number | None = None
+    max_bytes_per_s: ByteRate | None = None
     skip_warm: Boolean | None = None
-    tiering: str | None = None
-    max_origin_concurrency: Integer | None = None
+    tiering: Tiering | None = None
+    max_origin_concurrency: OriginConcurrency | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -439,21 +430,6 @@ class RetryRequest(BaseModel):
     @classmethod
     def _retry_of(cls, value: str) -> str:
         return parse_req_id(value)
-
-    @field_validator("max_bytes_per_s")
-    @classmethod
-    def _max_bytes_per_s(cls, value: float | None) -> float | None:
-        return positive_byte_rate(value)
-
-    @field_validator("tiering", mode="before")
-    @classmethod
-    def _tiering(cls, value: Any) -> str | None:
-        return None if value is None else tiering_mode(value)
-
-    @field_validator("max_origin_concurrency")
-    @classmethod
-    def _max_origin_concurrency(cls, value: int | None) -> int | None:
-        return origin_concurrency(value)
 
     @field_validator("need_invalidate")
     @classmethod

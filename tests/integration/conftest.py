@@ -7,6 +7,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -61,16 +62,24 @@ def serve_on_free_port(settings: Settings, **kwargs: Any) -> str:
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def running_service(testbed: Testbed, **extra: str) -> Iterator[tuple[PrewarmClient, Settings]]:
+    """The whole service on a local Ray cluster, pointed at ``testbed``, with ``extra`` PREWARM_* settings."""
+    from prewarm.service import stop_service
+
+    settings = service_settings(testbed, **extra)
+    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
+    try:
+        yield PrewarmClient(base), settings
+    finally:
+        stop_service()
+
+
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
     """The whole service on a local Ray cluster, pointed at this module's testbed."""
-    from prewarm.service import stop_service
-
-    base = serve_on_free_port(service_settings(cdn), ray_init_kwargs=RAY_TEST_KWARGS)
-    try:
-        yield PrewarmClient(base)
-    finally:
-        stop_service()
+    with running_service(cdn) as (client, _):
+        yield client
 
 
 def wait_final(client: PrewarmClient, req_id: str, timeout_s: float = 120) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from prewarm.analysis import load_results
 from prewarm.client import ApiError, PrewarmClient
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, origin_gets, request_body, serve_on_free_port, service_settings, wait_final
+from .conftest import origin_gets, request_body, running_service, wait_final
 
 POPS = ["ATL56-C1", "FRA60-P1"]
 HOST = "www.example.com"
@@ -41,16 +41,10 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
-    from prewarm.service import stop_service
-
-    settings = service_settings(cdn, PREWARM_STALL_TIMEOUT="1", PREWARM_MIN_RATE="60000", PREWARM_MIN_RATE_WINDOW="1",
-                                PREWARM_RANGE_PART_BYTES=str(PART))
-    NAMESPACE[:] = [settings.namespace]
-    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
-    try:
-        yield PrewarmClient(base)
-    finally:
-        stop_service()
+    with running_service(cdn, PREWARM_STALL_TIMEOUT="1", PREWARM_MIN_RATE="60000", PREWARM_MIN_RATE_WINDOW="1",
+                         PREWARM_RANGE_PART_BYTES=str(PART)) as (client, settings):
+        NAMESPACE[:] = [settings.namespace]
+        yield client
 
 
 def body(urls: list[str], **fields: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from prewarm.catalog import load_catalog
 from prewarm.client import ApiError, PrewarmClient
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, request_body, serve_on_free_port, service_settings, wait_final
+from .conftest import request_body, running_service, wait_final
 
 RECS = {"us-east-1": ["ATL56-C1", "IAD89-P1", "IAD89-P2", "YUL62-C1"],
         "eu-central-1": ["ARN54-C1", "ARN56-P1", "FRA56-P4", "FRA60-P1"],
@@ -31,15 +31,9 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
-    from prewarm.service import stop_service
-
     # A retry may wait out a cached error's 10 s TTL; no boto3 lookup for "auto" (no Origin Shield here).
-    settings = service_settings(cdn, PREWARM_RETRY_AFTER_CAP="12", PREWARM_ORIGIN_SHIELD="0")
-    base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
-    try:
-        yield PrewarmClient(base)
-    finally:
-        stop_service()
+    with running_service(cdn, PREWARM_RETRY_AFTER_CAP="12", PREWARM_ORIGIN_SHIELD="0") as (client, _):
+        yield client
 
 
 def run(client: PrewarmClient, urls: list[str], **fields: Any) -> tuple[str, dict[str, Any]]:

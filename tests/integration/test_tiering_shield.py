@@ -10,7 +10,7 @@ import pytest
 from prewarm.client import PrewarmClient
 from prewarm.testbed import Testbed
 
-from .conftest import RAY_TEST_KWARGS, request_body, serve_on_free_port, service_settings, wait_final
+from .conftest import request_body, running_service, wait_final
 from .test_tiering import POPS
 
 
@@ -22,13 +22,8 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
-    from prewarm.service import stop_service
-
-    base = serve_on_free_port(service_settings(cdn, PREWARM_ORIGIN_SHIELD="1"), ray_init_kwargs=RAY_TEST_KWARGS)
-    try:
-        yield PrewarmClient(base)
-    finally:
-        stop_service()
+    with running_service(cdn, PREWARM_ORIGIN_SHIELD="1") as (client, _):
+        yield client
 
 
 def test_auto_tiering_is_shield_and_each_url_reaches_the_origin_once(service: PrewarmClient, cdn: Testbed) -> None:

@@ -142,8 +142,8 @@ class Store:
             first[task] = (task, *rest)  # type: ignore[assignment]
         for (batch,) in self._db.execute("SELECT rows FROM result_batches WHERE req_id = ? ORDER BY rowid",
                                          (req_id,)):
-            for row in json.loads(batch):
-                first.setdefault(row[0], (*row[:9], *(row[9:12] or NOT_VERIFIED)))  # type: ignore[arg-type]
+            for row in json.loads(batch):  # every field a row has (older rows are shorter: record() fills them in)
+                first.setdefault(row[0], tuple(row) if len(row) > 9 else (*row[:9], *NOT_VERIFIED))  # type: ignore
         return [first[task] for task in sorted(first)]
 
     def close(self) -> None:

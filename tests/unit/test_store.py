@@ -27,6 +27,28 @@ def test_jobs_and_results_round_trip(tmp_path: Path) -> None:
     assert rows_b == [(0, 200, "Hit", "y", 1, 1, 0.1, "", "", "", -1, 0)]  # each job only its own results
 
 
+def test_every_field_of_a_full_row_survives_the_store(tmp_path: Path) -> None:
+    """Rows with the large-object and tier fields come back whole, nested parts included, and rebuild the same
+    table counts (a store that kept 12 fields lost wasted bytes, parts, hit layers and origin fetches)."""
+    from prewarm.progress import TaskTable, result_row
+
+    parts = (("bytes=0-3", 206, "Miss", 4, 1, 1.0, "", "", "Hit"),)
+    rows = [result_row(0, 206, "Miss", "a", 4, 1, 2.0, verify_x_cache="Hit", wasted=9, size=4, parts=parts,
+                       hit_layer="REC", origin_fetch=True),
+            result_row(1, 200, "Hit", "a", 0, 1, 1.0, verify_x_cache="Hit", already_warm=True, size=4)]
+    store = Store(tmp_path)
+    store.save_job("a", {"status": "FINISHED"}, ["u0", "u1"])
+    store.save_results("a", rows)
+    store.close()
+    [(_, _, _, loaded)] = list(Store(tmp_path).jobs())
+    live, reloaded = TaskTable(["u0", "u1"], ["P1"]), TaskTable(["u0", "u1"], ["P1"])
+    live.record(rows)
+    reloaded.record(loaded)
+    for name in ("bytes_wasted", "already_warm_count", "origin_fetches", "verified_hit_count", "download_size"):
+        assert getattr(reloaded, name) == getattr(live, name), name
+    assert reloaded.parts == live.parts and reloaded.hit_layers() == live.hit_layers() == {"REC": 1, "": 1}
+
+
 def test_report_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(tmp_path)
     store.save_report("r", b"url,pop\n")

@@ -43,6 +43,8 @@ ERROR_TTL_S = 10.0
 BODY_CLASSES = frozenset({"stall", "too_slow", "truncated"})
 """A body cut short after its head: retried at most ``PREWARM_BODY_ATTEMPTS`` times, since each try is billed."""
 RETRYABLE_CLASSES = frozenset({"connection", "connect_timeout", "fetch_timeout"}) | BODY_CLASSES
+OVERLOAD_CLASSES = frozenset({"connect_timeout", "fetch_timeout", "timeout", "stall", "too_slow"})
+"""Failures that say the origin (or the path to it) is struggling, as a 5xx or 429 does."""
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$", re.IGNORECASE)
 
 
@@ -72,6 +74,12 @@ class FetchResult:
     """``Server-Timing``'s ``hit``, ``miss`` or ``refresh`` (``cdn-cache-*``); empty without the header."""
     cached_error_s: float | None = None
     """An error the edge may now hold in its cache: how long until that copy expires (None: not a cached error)."""
+    troubled: bool = False
+    """An attempt answered what an origin in trouble answers (a 5xx, a 429, a timeout), retried or not."""
+
+    @property
+    def overloaded(self) -> bool:
+        return self.status >= 500 or self.status == 429 or self.error_class in OVERLOAD_CLASSES
 
     @property
     def reached_origin(self) -> bool:
@@ -290,6 +298,7 @@ class PopClient:
         settings = self._settings
         attempts, body_attempts = settings.attempts, settings.body_attempts
         body_failures = wasted = 0
+        troubled = False
         slots = self.slots
         if not slots.take():  # a free slot is taken without awaiting (the common case)
             await slots.acquire()
@@ -302,6 +311,7 @@ class PopClient:
                     start += time.monotonic() - paced_at
                 result = await self._once(target, head, method, edge, deadline, gate, max_body, byte_range)
                 result.attempts = attempt
+                troubled = troubled or result.overloaded
                 if not result.error_class:
                     break
                 if not result.status or result.oversize:  # a body cut short (an error page is no bill of note)
@@ -319,6 +329,7 @@ class PopClient:
         finally:
             slots.release()
         result.wasted = wasted
+        result.troubled = troubled
         result.elapsed_ms = (time.monotonic() - start) * 1000
         return result
 

@@ -132,16 +132,18 @@ class Fetcher:
         return sum(client.bytes_received() for client, _ in self._clients.values())
 
     async def _report_bytes(self) -> None:
-        """Tell the state actor, every ``BYTES_REPORT_S`` while they grow, how many body bytes this fetcher has
-        read: a result arrives only when its batch ends, and a batch of large objects takes minutes."""
-        last = -1
+        """Tell the state actor, every ``BYTES_REPORT_S`` while they change, how many body bytes this fetcher has
+        read (a result arrives only when its batch ends, and a batch of large objects takes minutes) and its
+        first-tier concurrency limit now (``OriginGate``)."""
+        last: tuple[int, int | None, int | None] = (-1, None, None)
         while True:
             await asyncio.sleep(BYTES_REPORT_S)
-            total = self.bytes_received()
-            if total != last:
-                last = total
+            origin = self._origin
+            now = (self.bytes_received(), *((None, None) if origin is None else (origin.limit.limit, origin.low)))
+            if now != last:
+                last = now
                 with contextlib.suppress(Exception):
-                    self._state.live_bytes.remote(self._req_id, os.getpid(), total)
+                    self._state.live_bytes.remote(self._req_id, os.getpid(), *now)
 
     async def close(self) -> None:
         if self._reporter is not None:
@@ -150,9 +152,6 @@ class Fetcher:
 
 
 BYTES_REPORT_S = 1.0
-OVERLOAD_CLASSES = frozenset({"connect_timeout", "fetch_timeout", "timeout", "stall", "too_slow"})
-
-
 class OriginGate:
     """A fetcher's share of the job's ``max_origin_concurrency``: slots for first-tier fetches, as many as an
     ``AdaptiveLimit`` allows (cut when the origin shows trouble, raised while healthy, never above the share)."""
@@ -161,6 +160,7 @@ class OriginGate:
         self.limit = AdaptiveLimit(ceiling)
         self.slots = Slots(self.limit.limit)
         self._debt = 0  # slots to withhold as fetches end, after the limit was cut
+        self.low = self.limit.limit  # the lowest the limit has been
 
     def set_ceiling(self, ceiling: int) -> None:
         self.limit.ceiling = max(1, ceiling)
@@ -176,14 +176,14 @@ class OriginGate:
         """A first-tier fetch ended (``result`` None: it raised); the limit learns from it."""
         before = self.limit.limit
         if result is not None:
-            overloaded = result.status >= 500 or result.status == 429 or result.error_class in OVERLOAD_CLASSES
-            small = result.nbytes < 256 * 1024  # the time of a small answer is about its first byte's
-            self.limit.observe(overloaded, result.elapsed_ms if small and result.ok else None)
+            small = result.nbytes < 256 * 1024 and result.attempts == 1  # about its first byte's time
+            self.limit.observe(result.troubled, result.elapsed_ms if small and result.ok else None)
         if self._debt:
             self._debt -= 1
         else:
             self.slots.release()
         self._resize(before, self.limit.limit)
+        self.low = min(self.low, self.limit.limit)
 
     def _resize(self, before: int, after: int) -> None:
         for _ in range(after - before):  # raised: new slots, to waiters first

@@ -567,6 +567,10 @@ class ProgressResponse(BaseModel):
         "(cdn-cache-miss), or, where the edges send none, an X-Cache Miss."
     )
     tiering: str = Field(default="", description="The tiering the job uses (rec, shield or off), once decided.")
+    origin_concurrency_limit: int | None = Field(
+        default=None, description="First-tier fetches allowed in flight now, across the job's fetchers "
+        "(max_origin_concurrency as adapted to the origin's health); null before any."
+    )
     error_message: str = ""
     created_at: str
     last_update_time: str
@@ -615,6 +619,10 @@ class SummaryResponse(BaseModel):
     already_warm_count: int = 0
     origin_fetches: int = 0
     tiering: str = Field(default="", description="The tiering the job used (rec, shield or off), once decided.")
+    origin_concurrency_low: int | None = Field(
+        default=None, description="The lowest the adaptive first-tier concurrency limit went, each fetcher's "
+        "lowest added (below max_origin_concurrency: the origin showed trouble and was spared)."
+    )
     hit_layers: dict[str, int] = Field(
         default_factory=dict, description="Verified pairs by the tier that answered their verification from its "
         "cache (Server-Timing cdn-hit-layer: EDGE, REC, Origin Shield; \"\" where absent); adds up to the verified "

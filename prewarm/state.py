@@ -75,6 +75,8 @@ class Job:
     webhook: dict[str, Any] | None = None
     fetch_started: float | None = None  # unix time its first fetch went out (phase probing or warming)
     tiering: str = ""  # the tiering the coordinator chose (rec, shield, off)
+    origin_limits: dict[int, int] = field(default_factory=dict)  # fetcher pid -> its first-tier concurrency limit
+    origin_lows: dict[int, int] = field(default_factory=dict)  # fetcher pid -> the lowest that limit has been
     live: dict[int, int] = field(default_factory=dict)  # fetcher pid -> body bytes it has read for this job
     byte_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic time, bytes received)
 
@@ -266,13 +268,18 @@ class State:
             job.tiering = tiering
             self._persist(job)
 
-    def live_bytes(self, req_id: str, fetcher: int, total: int) -> None:
-        """A fetcher's running count of the body bytes it has read for the job (about once a second)."""
+    def live_bytes(self, req_id: str, fetcher: int, total: int, origin_limit: int | None = None,
+                   origin_low: int | None = None) -> None:
+        """A fetcher's running count of the body bytes it has read for the job, and its first-tier concurrency
+        limit now and at its lowest (about once a second, while they change)."""
         job = self.jobs.get(req_id)
         if job is None or job.final:
             return
         job.live[fetcher] = max(job.live.get(fetcher, 0), int(total))
         job.sample_bytes()
+        if origin_limit is not None:
+            job.origin_limits[fetcher] = int(origin_limit)
+            job.origin_lows[fetcher] = int(origin_low if origin_low is not None else origin_limit)
 
     @writes
     def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str]) -> None:
@@ -516,6 +523,7 @@ class State:
             "already_warm_count": 0 if table is None else table.already_warm_count,
             "origin_fetches": 0 if table is None else table.origin_fetches,
             "tiering": job.tiering,
+            "origin_concurrency_limit": sum(job.origin_limits.values()) or None,
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -555,6 +563,7 @@ class State:
             "already_warm_count": table.already_warm_count,
             "origin_fetches": table.origin_fetches,
             "tiering": job.tiering,
+            "origin_concurrency_low": sum(job.origin_lows.values()) or None,
             "hit_layers": table.hit_layers(),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),

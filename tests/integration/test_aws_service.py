@@ -114,6 +114,31 @@ def test_cf_domain_from_cloudfront_aliases(api: PrewarmClient, edge: Testbed, aw
         assert "field 'cf_domain'" in info.value.body["error_message"]
 
 
+def test_auto_tiering_reads_the_distributions_origin_shield(api: PrewarmClient, edge: Testbed,
+                                                            aws: dict[str, Any]) -> None:
+    """``tiering: auto`` asks CloudFront (ListDistributions) whether the distribution's origin has Origin Shield on:
+    shield when it has, rec when it has not."""
+    cf, dist_id = aws["cf"], aws["dist"]["Id"]
+
+    def shield(enabled: bool) -> None:
+        current = cf.get_distribution_config(Id=dist_id)
+        config = current["DistributionConfig"]
+        config["Origins"]["Items"][0]["OriginShield"] = (
+            {"Enabled": True, "OriginShieldRegion": "us-east-1"} if enabled else {"Enabled": False})
+        cf.update_distribution(Id=dist_id, IfMatch=current["ETag"], DistributionConfig=config)
+
+    edge.reset()
+    body = request_body([edge.url("/obj/1kb/auto-tiering")], pops=POPS, cf_domain=aws["dist"]["DomainName"])
+    plain = wait_final(api, api.prewarm(body)["request_id"])
+    assert plain["status"] == "FINISHED" and plain["tiering"] == "rec"
+    shield(True)
+    try:
+        shielded = wait_final(api, api.prewarm(body)["request_id"])
+        assert shielded["status"] == "FINISHED" and shielded["tiering"] == "shield"
+    finally:
+        shield(False)
+
+
 def test_a_failed_invalidation_fails_the_job(api: PrewarmClient, edge: Testbed, aws: dict[str, Any]) -> None:
     # Last in the module: CloudFront forgets every distribution, so the one the POPs belong to is unknown.
     reset(aws["endpoint"])
@@ -123,3 +148,4 @@ def test_a_failed_invalidation_fails_the_job(api: PrewarmClient, edge: Testbed, 
     assert "invalidation failed" in progress["error_message"]
     assert "no distribution has the domain" in progress["error_message"]
     assert all(row["path"] != "/obj/1kb/never" for row in edge.origin_counts()["requests"])  # nothing fetched
+

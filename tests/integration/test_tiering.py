@@ -94,6 +94,27 @@ def test_max_origin_concurrency_holds_at_the_origin(service: PrewarmClient, cdn:
     assert sum(origin_gets_by_url(cdn)[p] for p in paths) == 24 * 3
 
 
+def test_the_origin_limit_falls_under_503s_and_recovers(service: PrewarmClient, cdn: Testbed) -> None:
+    """The origin's first 8 answers are 503 (not cacheable): the fetchers' first-tier limits are cut, then grow
+    back to their share of max_origin_concurrency while the origin answers well."""
+    cdn.reset()
+    paths = [f"/fault/delay/150/obj/2kb/aimd-{i}" for i in range(40)]
+    cdn.add_fault({"path": "/fault/delay/150/obj/2kb/aimd-*", "status": 503, "count": 8, "per_edge": False,
+                   "headers": {"Cache-Control": "no-store"}})
+    req_id = service.prewarm(request_body([cdn.url(p) for p in paths], pops=POPS, timeout=3, tiering="rec",
+                                          max_origin_concurrency=8))["request_id"]
+    limits: list[int] = []
+    while (progress := service.progress(req_id))["status"] == "IN_PROGRESS":
+        if progress["origin_concurrency_limit"] is not None:
+            limits.append(progress["origin_concurrency_limit"])
+        time.sleep(0.1)
+    assert progress["status"] == "FINISHED" and progress["success_count"] == 40 * 12
+    summary = service.summary(req_id)
+    assert 2 <= summary["origin_concurrency_low"] < 8  # fell (each fetcher's share is 4; at least 1 each)
+    assert limits and limits[-1] == 8  # and grew back to the cap
+    assert cdn.origin_concurrency()["peak"] <= 8
+
+
 def test_a_cached_503_is_retried_once_its_ttl_has_passed(service: PrewarmClient, cdn: Testbed) -> None:
     """The origin answers one 503; the POP and its REC cache it for CloudFront's 10 s. A retry at once would get the
     cached 503 again (three attempts in 10 s: the pair would fail); waiting out the TTL, the second attempt warms."""

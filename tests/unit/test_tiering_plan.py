@@ -97,8 +97,7 @@ def test_origin_gate_never_lets_more_through_than_its_limit() -> None:
             peak = max(peak, running)
             await asyncio.sleep(0.01)
             running -= 1
-            gate.release(FetchResult(status=503 if fail else 200, error_class="http_503" if fail else "",
-                                     elapsed_ms=10.0))
+            gate.release(FetchResult(status=200, attempts=2 if fail else 1, troubled=fail, elapsed_ms=10.0))
             limits.append(gate.limit.limit)
 
         await asyncio.gather(*(one(i < 6) for i in range(40)))

@@ -23,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.catalog import load_catalog
 from prewarm.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
+from prewarm.fetch import SERVED_ORIGIN, SERVED_TIER
 from prewarm.fetcher import FetcherActor, ProbeRow
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
@@ -63,6 +64,11 @@ HEARTBEAT_S = 1.0
 BATCHES_IN_FLIGHT_PER_LANE = 2
 
 
+def own_rec(pop: str) -> str:
+    """The name of a REC nothing else is known to share: the POP's own group."""
+    return f"{pop} (own)"
+
+
 def fetcher_name(req_id: str, suffix: str) -> str:
     """Named so operators (and tests) can find a job's fetchers: ``prewarm-fetcher-<req_id>-...``."""
     return f"prewarm-fetcher-{req_id}-{suffix}"
@@ -91,6 +97,10 @@ class Coordinator:
         self.large: dict[int, int] = {}  # URL index -> size, for URLs warmed in Range parts (from the size probe)
         self.tiering = "off"
         self.col_group: np.ndarray | None = None  # column -> tier group (plan.column_groups); None: no tiers
+        self.pop_names: list[str] = []
+        self.rec_names: list[str] = []  # per POP: the REC it is taken to use (rec tiering)
+        self.learnt: dict[str, str] = {}  # POP -> REC, what this job's Server-Timing showed
+        self.filled: set[tuple[int, int]] = set()  # (URL, tier group) whose first fetch succeeded
         self.mean_size = 0.0  # of the probed URLs, to size batches under a byte-rate cap
         self.log = JobLog(log, {"req_id": req_id})
         self.has_job = False
@@ -129,6 +139,9 @@ class Coordinator:
             self.log.exception("job failed")
             status, message = "FAILED", f"{type(exc).__name__}: {exc}"
         heartbeat.cancel()
+        if self.learnt:
+            with contextlib.suppress(Exception):
+                await self.state.learn_recs.remote(self.learnt)
         final = await self.state.finish.remote(self.req_id, status, message)
         record_job_end(final)
         self.log.info("job ended %s %s", final, message)
@@ -182,8 +195,8 @@ class Coordinator:
         lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
         probing = point["phase"] != "warming"  # not probed yet (a restarted coordinator probes the URLs left)
         self.tiering = await self._decide_tiering()
-        self.col_group = self._column_groups([p.pop for p in pops])
-        await self.state.set_tiering.remote(self.req_id, self.tiering)
+        self.col_group = self._column_groups([p.pop for p in pops], await self.state.learnt_recs.remote())
+        await self.state.set_tiering.remote(self.req_id, self.tiering, self.rec_groups())
         self.log.info("warming %d tasks (%s): %d POPs x %d variant(s), %d lanes over %d fetchers "
                       "(%d unavailable POPs)", len(point["pending"]),
                       "a size probe per URL first" if probing else "probed already", len(pops), self.n_variants,
@@ -233,17 +246,42 @@ class Coordinator:
                 shield = False
         return "shield" if shield else "rec"
 
-    def _column_groups(self, pops: list[str]) -> np.ndarray | None:
-        """Column -> tier group for ``rec`` (POPs of one REC, by the catalogue) and ``shield`` (every POP); None for
-        ``off``, where every POP goes once the size probe answered. A POP whose REC is unknown is a group alone."""
+    def _column_groups(self, pops: list[str], learnt: dict[str, str]) -> np.ndarray | None:
+        """Column -> tier group for ``rec`` (POPs of one REC: as learnt by earlier jobs, else by the catalogue) and
+        ``shield`` (every POP); None for ``off``, where every POP goes once the size probe answered. A POP whose
+        REC is unknown is a group alone."""
+        self.pop_names = pops
         if self.tiering == "off":
             return None
         if self.tiering == "shield":
             return column_groups([0] * len(pops), self.n_variants)
         catalog = load_catalog()
+        self.rec_names = [learnt.get(pop) or catalog.rec_of(pop) or own_rec(pop) for pop in pops]
         names: dict[str, int] = {}
-        groups = [names.setdefault(catalog.rec_of(pop) or f"pop:{pop}", len(names)) for pop in pops]
-        return column_groups(groups, self.n_variants)
+        return column_groups([names.setdefault(rec, len(names)) for rec in self.rec_names], self.n_variants)
+
+    def rec_groups(self) -> dict[str, str]:
+        """The REC each targeted POP was taken to send its misses to (``rec`` tiering), for the summary."""
+        return dict(zip(self.pop_names, self.rec_names, strict=True)) if self.tiering == "rec" else {}
+
+    def _learn(self, pop: int, rec: str) -> None:
+        """What a first GET's ``Server-Timing`` showed about POP ``pop``'s REC, kept for this job's end."""
+        name = self.pop_names[pop]
+        if self.rec_names[pop] != rec:
+            self.log.info("learnt from Server-Timing: %s sends its misses to %s, not %s", name, rec,
+                          self.rec_names[pop])
+            self.learnt[name] = rec
+
+    def learn_from_misses(self, misses: tuple[int, ...], n_cols: int) -> None:
+        """Released tasks whose GET the origin answered although their tier group's first had filled their supposed
+        REC: that POP's REC is another one (it gets a group of its own until something says which)."""
+        if self.tiering != "rec" or self.col_group is None:
+            return
+        for task in misses:
+            url, column = divmod(int(task), n_cols)
+            if (url, int(self.col_group[column])) in self.filled:
+                pop = column // self.n_variants
+                self._learn(pop, own_rec(self.pop_names[pop]))
 
     async def _invalidate(self) -> None:
         """Invalidate the URLs' paths and wait until CloudFront completed it, before anything is fetched."""
@@ -346,13 +384,18 @@ class Coordinator:
         cap = self.request.max_origin_concurrency or self.settings.max_origin_concurrency
         origin_limit = max(1, cap // max(1, len(self.fetchers)))  # each fetcher's share of first-tier fetches
         firsts: list[asyncio.Future[None]] = []
+        probe_pop = np.full(len(urls), -1, dtype=np.int64)  # URL -> the POP whose probe the origin answered
 
         async def learnt(chunk: ProbeChunk, batch: tuple[ProbeRow, ...]) -> None:
             through = pops[chunk.column // self.n_variants].pop
             refused: list[ResultRow] = []
             passed: list[int] = []
-            for task, status, nbytes, error_class, message in batch:
+            for task, status, nbytes, error_class, message, served in batch:
                 index = task // n_cols
+                if served == SERVED_ORIGIN:  # the URL was new to the probe's REC: what fills a REC now is this job
+                    probe_pop[index] = chunk.column // self.n_variants
+                if col_group is not None and not error_class:
+                    self.filled.add((index, int(col_group[chunk.column])))
                 if 400 <= status < 500 and status != 429:
                     note = f"size probe through {through} answered {message or status}; not sent to the POPs"
                     refused.extend(
@@ -401,7 +444,16 @@ class Coordinator:
             """A tier group's first fetch of some URLs; once it answered, the group's other POPs may go (its REC,
             or the shield, holds them now)."""
             assert col_group is not None
-            await call(lane.column, lane.owner, limits[lane.column], task_ids)
+            rows = await call(lane.column, lane.owner, limits[lane.column], task_ids)
+            group, pop = int(col_group[lane.column]), lane.column // self.n_variants
+            for task, _status, _size, error_class, _message, served in rows:
+                url = task // n_cols
+                if not error_class:
+                    self.filled.add((url, group))
+                if served == SERVED_TIER and self.tiering == "rec" and probe_pop[url] >= 0:
+                    # The probe found the URL new and filled its REC; this group's first fetch, sent after it, was
+                    # served by a tier above the POP: by that REC, which this POP shares.
+                    self._learn(pop, self.rec_names[int(probe_pop[url])])
             release(released_in_group(lane_of, [t // n_cols for t in task_ids], lane.column, col_group, n_cols))
 
         self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
@@ -489,7 +541,9 @@ class Coordinator:
                 for future in done:
                     batch, sent_to = inflight.pop(future)
                     try:
-                        future.result()
+                        _, misses = future.result()
+                        if misses:
+                            self.learn_from_misses(misses, n_cols)
                     except RayActorError:
                         self.dispatched -= len(batch)
                         self._mark_dead(sent_to)

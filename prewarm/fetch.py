@@ -21,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from functools import cache
 from typing import Any
 
+from prewarm.progress import is_hit
 from prewarm.settings import Settings
 from prewarm.wire import (
     ByteGate,
@@ -45,6 +46,11 @@ BODY_CLASSES = frozenset({"stall", "too_slow", "truncated"})
 RETRYABLE_CLASSES = frozenset({"connection", "connect_timeout", "fetch_timeout"}) | BODY_CLASSES
 OVERLOAD_CLASSES = frozenset({"connect_timeout", "fetch_timeout", "timeout", "stall", "too_slow"})
 """Failures that say the origin (or the path to it) is struggling, as a 5xx or 429 does."""
+SERVED_UNKNOWN, SERVED_ORIGIN, SERVED_TIER, SERVED_EDGE, SERVED_ORIGIN_BY_X_CACHE, SERVED_CACHE_BY_X_CACHE = range(6)
+"""Who answered a GET: the origin (``Server-Timing`` cdn-cache-miss), a tier above the POP (cdn-hit-layer REC or
+Origin Shield), the POP itself; or, where the edge sent no ``Server-Timing``, only what ``X-Cache`` says (a Miss
+taken as the origin's answer, a Hit as some cache's)."""
+REACHED_ORIGIN = frozenset({SERVED_ORIGIN, SERVED_ORIGIN_BY_X_CACHE})
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$", re.IGNORECASE)
 
 
@@ -82,11 +88,15 @@ class FetchResult:
         return self.status >= 500 or self.status == 429 or self.error_class in OVERLOAD_CLASSES
 
     @property
-    def reached_origin(self) -> bool:
-        """The answer came from the origin: a miss in every tier (by ``Server-Timing``, else by ``X-Cache``)."""
+    def served_by(self) -> int:
+        """Who answered, as ``SERVED_*``: by ``Server-Timing`` where the edge sent it, else by ``X-Cache``."""
         if self.cache_metric:
-            return self.cache_metric == "miss"
-        return self.x_cache.lower().startswith("miss")
+            if self.cache_metric == "miss":
+                return SERVED_ORIGIN
+            return SERVED_EDGE if self.hit_layer in ("", "EDGE") else SERVED_TIER
+        value = self.x_cache.lower()
+        return SERVED_ORIGIN_BY_X_CACHE if value.startswith("miss") else (
+            SERVED_CACHE_BY_X_CACHE if is_hit(value) else SERVED_UNKNOWN)
 
     @property
     def ok(self) -> bool:

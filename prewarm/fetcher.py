@@ -13,7 +13,15 @@ from typing import Generic, TypeVar
 
 import ray
 
-from prewarm.fetch import FetchResult, PopClient, Slots, preload_trust_store
+from prewarm.fetch import (
+    REACHED_ORIGIN,
+    SERVED_ORIGIN,
+    SERVED_UNKNOWN,
+    FetchResult,
+    PopClient,
+    Slots,
+    preload_trust_store,
+)
 from prewarm.metrics import record_batch
 from prewarm.pacing import AdaptiveLimit, ByteBudget, Pacer
 from prewarm.progress import NO_X_CACHE, PartRow, ResultRow, is_hit, one_piece
@@ -79,14 +87,16 @@ class Fetcher:
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
         variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
         sizes: Mapping[str, int] | None = None,
-    ) -> int:
-        """Fetch every task of the batch, hand the results to the state actor, return how many.
+    ) -> tuple[int, tuple[int, ...]]:
+        """Fetch every task of the batch, hand the results to the state actor; return how many, and the tasks whose
+        GET the origin answered by ``Server-Timing`` (for learning which POPs share a regional edge cache).
 
         ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of the job's
         request-rate cap and ``bps`` of its byte-rate cap (None: no cap), ``phase`` its place among the job's
         fetchers, ``sizes`` the known sizes of the batch's URLs that are warmed in parts.
         """
-        return len(await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, sizes))
+        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, sizes)
+        return len(rows), one_piece(row[0] for row in rows if row[17] == SERVED_ORIGIN)
 
     async def probe_batch(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
@@ -104,7 +114,7 @@ class Fetcher:
                 self._origin.set_ceiling(origin_limit)
         rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, None,
                                self._origin if origin_limit is not None else None)
-        return one_piece((row[0], row[1], row[13] if row[13] >= 0 else row[4], row[7], row[8]) for row in rows)
+        return one_piece((row[0], row[1], row[13] if row[13] >= 0 else row[4], row[7], row[8], row[17]) for row in rows)
 
     async def _run(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
@@ -251,7 +261,7 @@ async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str
         verify_x_cache, age, rounds, layer = await verify_pair(client, opts, url, r.address, None, pace, gate)
     size = r.size if r.size is not None else (r.nbytes if r.ok else -1)
     return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
-            r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, (), layer, r.reached_origin)
+            r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, (), layer, r.served_by)
 
 
 async def verify_pair(client: PopClient, opts: WarmOptions, url: str, address: str,
@@ -277,7 +287,8 @@ def already_warm_row(task_id: int, head: FetchResult) -> ResultRow:
     """A pair whose HEAD was a Hit: warm already, nothing downloaded; the HEAD is its verification."""
     size = head.content_length if head.content_length is not None else -1
     return (task_id, head.status, head.x_cache, head.address, 0, head.attempts, round(head.elapsed_ms, 1), "", "",
-            head.x_cache, head.age if head.age is not None else -1, 0, 0, size, True, (), head.hit_layer, False)
+            head.x_cache, head.age if head.age is not None else -1, 0, 0, size, True, (), head.hit_layer,
+            SERVED_UNKNOWN)
 
 
 def part_ranges(size: int, part_bytes: int) -> list[tuple[int, int]]:
@@ -296,7 +307,7 @@ async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: st
     wasted = first.nbytes + first.wasted if first is not None else 0
     elapsed = first.elapsed_ms if first is not None else 0.0
     attempts = first.attempts if first is not None else 0
-    rounds, age, warm, layer, reached = 1, -1, True, "", False
+    rounds, age, warm, layer, served = 1, -1, True, "", SERVED_UNKNOWN
     for byte_range in part_ranges(size, opts.part_bytes):
         label = f"bytes={byte_range[0]}-{byte_range[1]}"
         if opts.skip_warm:
@@ -313,7 +324,7 @@ async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: st
                                byte_range=byte_range)
         address = address or r.address
         wasted += r.wasted
-        reached = reached or r.reached_origin
+        served = served if served in REACHED_ORIGIN else r.served_by  # a part the origin sent shows
         attempts, elapsed = attempts + r.attempts, elapsed + r.elapsed_ms
         verify_x_cache = ""
         if opts.verify and r.ok:
@@ -330,7 +341,7 @@ async def warm_parts(client: PopClient, opts: WarmOptions, task_id: int, url: st
     error_class, message = (failed[6], f"part {failed[0]}: {failed[7]}") if failed else ("", "")
     return (task_id, status, x_cache, address or "", sum(p[3] for p in parts), attempts, round(elapsed, 1),
             error_class, message, verify, age, rounds if not warm else 0, wasted, size, warm, tuple(parts), layer,
-            reached)
+            served)
 
 
 class WorkerPool(Generic[Row]):
@@ -403,6 +414,6 @@ class _Batch(Generic[Row]):
 FetcherActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)(Fetcher)
 
 
-ProbeRow = tuple[int, int, int, str, str]
-"""(task_id, status_code, bytes, error_class, error_message) of one size probe's GET."""
+ProbeRow = tuple[int, int, int, str, str, int]
+"""(task_id, status_code, size, error_class, error_message, served_by) of one first-tier GET."""
 

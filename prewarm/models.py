@@ -619,6 +619,10 @@ class SummaryResponse(BaseModel):
     already_warm_count: int = 0
     origin_fetches: int = 0
     tiering: str = Field(default="", description="The tiering the job used (rec, shield or off), once decided.")
+    rec_groups: dict[str, str] = Field(
+        default_factory=dict, description="With rec tiering: the regional edge cache each POP was taken to use (the "
+        "catalogue's, or what earlier jobs' Server-Timing showed; '<POP> (own)': none known to share)."
+    )
     origin_concurrency_low: int | None = Field(
         default=None, description="The lowest the adaptive first-tier concurrency limit went, each fetcher's "
         "lowest added (below max_origin_concurrency: the origin showed trouble and was spared)."

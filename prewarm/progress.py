@@ -24,27 +24,30 @@ PartRow = tuple[str, int, str, int, int, float, str, str, str]
 error_class, error_message, verify_x_cache); ``range`` as sent, e.g. ``bytes=0-1048575``."""
 
 ResultRow = tuple[int, int, str, str, int, int, float, str, str, str, int, int, int, int, bool, tuple[PartRow, ...],
-                  str, bool]
+                  str, int]
 """(task_id, status_code, x_cache, address, bytes, attempts, elapsed_ms, error_class, error_message,
 verify_x_cache, age, rounds, bytes_wasted, size, already_warm, parts); ``error_class`` is empty for a success,
 ``verify_x_cache`` empty when the pair was not verified, ``age`` -1 when unknown, ``rounds`` the GETs sent
 (1 + re-warms), ``bytes_wasted`` the body bytes of attempts cut short, ``size`` the object's (-1 unknown),
 ``already_warm`` a pair that answered a Hit before any GET (``skip_warm``), ``parts`` the ranges of an object
 warmed in parts (empty otherwise), ``hit_layer`` the tier that answered the verification (else the GET) from its
-cache by ``Server-Timing`` (EDGE, REC, Origin Shield; empty without the header), ``origin_fetch`` whether the
-warm-up GET reached the origin. Rows stored before later fields existed are read as without them."""
+cache by ``Server-Timing`` (EDGE, REC, Origin Shield; empty without the header), ``served_by`` who answered the
+warm-up GET (``fetch.SERVED_*``: the origin, a tier above the POP, the POP; by X-Cache alone where the edge sent no
+Server-Timing). Rows stored before later fields existed are read as without them (a stored ``true`` or ``false``
+``served_by`` is an older row's "reached the origin")."""
 
 ROW_FIELDS = 18
-_ROW_DEFAULTS = ("", -1, 0, 0, -1, False, (), "", False)  # the fields from verify_x_cache on, for shorter rows
+ORIGIN_CODES = frozenset({1, 4})  # fetch.REACHED_ORIGIN (the origin answered): counted as origin_fetches
+_ROW_DEFAULTS = ("", -1, 0, 0, -1, False, (), "", 0)  # the fields from verify_x_cache on, for shorter rows
 
 
 def result_row(task: int, status: int = 0, x_cache: str = "", address: str = "", nbytes: int = 0,
                attempts: int = 0, elapsed_ms: float = 0.0, error_class: str = "", message: str = "",
                verify_x_cache: str = "", age: int = -1, rounds: int = 0, wasted: int = 0, size: int = -1,
                already_warm: bool = False, parts: tuple[PartRow, ...] = (), hit_layer: str = "",
-               origin_fetch: bool = False) -> ResultRow:
+               served_by: int = 0) -> ResultRow:
     return (task, status, x_cache, address, nbytes, attempts, elapsed_ms, error_class, message,
-            verify_x_cache, age, rounds, wasted, size, already_warm, parts, hit_layer, origin_fetch)
+            verify_x_cache, age, rounds, wasted, size, already_warm, parts, hit_layer, served_by)
 
 
 def full_row(row: Sequence) -> Sequence:
@@ -172,7 +175,7 @@ class TaskTable:
         added = 0
         for row in rows:
             (task, status, x_cache, address, nbytes, attempts, elapsed, error_class, message, verify, age, rounds,
-             wasted, _size, warm, parts, layer, origin_fetch) = row if len(row) == ROW_FIELDS else full_row(row)
+             wasted, _size, warm, parts, layer, served_by) = row if len(row) == ROW_FIELDS else full_row(row)
             if not 0 <= task < self.grid or self.done[task]:
                 continue
             self.done[task] = True
@@ -184,7 +187,7 @@ class TaskTable:
             self.address[task] = _intern(self.addresses, address)
             self.download_size += nbytes
             self.bytes_wasted += wasted
-            self.origin_fetches += bool(origin_fetch)
+            self.origin_fetches += served_by in ORIGIN_CODES
             if layer:
                 self.hit_layer[task] = _intern(self.hit_layer_values, layer)
             if parts:

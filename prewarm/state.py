@@ -77,6 +77,7 @@ class Job:
     tiering: str = ""  # the tiering the coordinator chose (rec, shield, off)
     origin_limits: dict[int, int] = field(default_factory=dict)  # fetcher pid -> its first-tier concurrency limit
     origin_lows: dict[int, int] = field(default_factory=dict)  # fetcher pid -> the lowest that limit has been
+    rec_groups: dict[str, str] = field(default_factory=dict)  # POP -> the REC it was taken to use (rec tiering)
     live: dict[int, int] = field(default_factory=dict)  # fetcher pid -> body bytes it has read for this job
     byte_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic time, bytes received)
 
@@ -153,6 +154,7 @@ class State:
         self._asked = 0
         self.store = Store(settings.state_dir if settings.persist else None)
         self._stop = threading.Event()  # cancels webhook deliveries when the actor goes away
+        self._learnt_recs: dict[str, str] = self.store.learnt_recs()
         self._reload()
 
     # -- durability ------------------------------------------------------------------------------
@@ -262,11 +264,21 @@ class State:
             self._persist(job)
 
     @writes
-    def set_tiering(self, req_id: str, tiering: str) -> None:
+    def set_tiering(self, req_id: str, tiering: str, rec_groups: dict[str, str] | None = None) -> None:
         job = self.jobs[req_id]
         if not job.final:
             job.tiering = tiering
+            job.rec_groups = dict(rec_groups or {})
             self._persist(job)
+
+    def learnt_recs(self) -> dict[str, str]:
+        """POP -> REC as earlier jobs' Server-Timing showed it (over the catalogue's default)."""
+        return dict(self._learnt_recs)
+
+    @writes
+    def learn_recs(self, learnt: dict[str, str]) -> None:
+        self._learnt_recs.update(learnt)
+        self.store.save_learnt_recs(learnt)
 
     def live_bytes(self, req_id: str, fetcher: int, total: int, origin_limit: int | None = None,
                    origin_low: int | None = None) -> None:
@@ -564,6 +576,7 @@ class State:
             "origin_fetches": table.origin_fetches,
             "tiering": job.tiering,
             "origin_concurrency_low": sum(job.origin_lows.values()) or None,
+            "rec_groups": job.rec_groups,
             "hit_layers": table.hit_layers(),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
@@ -619,6 +632,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "instance_count": job.instance_count, "report_key": job.report_key,
         "request": job.request, "variants": job.variants, "api_base": job.api_base,
         "webhook": job.webhook, "fetch_started": job.fetch_started, "tiering": job.tiering,
+        "rec_groups": job.rec_groups,
     }
 
 
@@ -634,7 +648,7 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
               request=meta.get("request") or {}, variants=meta.get("variants") or [""],
               selected=[tuple(t) for t in meta["selected"]] if meta.get("selected") is not None else None,
               api_base=meta.get("api_base", ""), webhook=meta.get("webhook"), fetch_started=meta.get("fetch_started"),
-              tiering=meta.get("tiering", ""))
+              tiering=meta.get("tiering", ""), rec_groups=meta.get("rec_groups") or {})
     return job
 
 

@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS result_batches (
     rows TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS result_batches_by_job ON result_batches (req_id);
+CREATE TABLE IF NOT EXISTS learnt_recs (
+    pop TEXT PRIMARY KEY,
+    rec TEXT NOT NULL
+);
 """
 """``results`` holds a row per task, as stores written before ``result_batches`` did; it is still read. Now a batch
 is one JSON array: an indexed row per task cost the state actor 3.7-6 us of CPU per result, over twice as much."""
@@ -145,6 +149,18 @@ class Store:
             for row in json.loads(batch):  # every field a row has (older rows are shorter: record() fills them in)
                 first.setdefault(row[0], tuple(row) if len(row) > 9 else (*row[:9], *NOT_VERIFIED))  # type: ignore
         return [first[task] for task in sorted(first)]
+
+    def learnt_recs(self) -> dict[str, str]:
+        """POP -> REC as jobs learnt it from Server-Timing."""
+        if self._db is None:
+            return {}
+        return dict(self._db.execute("SELECT pop, rec FROM learnt_recs").fetchall())
+
+    def save_learnt_recs(self, learnt: dict[str, str]) -> None:
+        if self._db is None or not learnt:
+            return
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO learnt_recs (pop, rec) VALUES (?, ?)", list(learnt.items()))
 
     def close(self) -> None:
         if self._db is not None:

@@ -113,7 +113,7 @@ def test_an_object_over_the_part_size_is_warmed_in_parts_from_its_head() -> None
                                 ("HEAD", "4000-7999"), ("GET", "8000-9999"), ("HEAD", "8000-9999")]
     (_, status, _, _, nbytes, _, _, error_class, _, verify, _, rounds, wasted, size, warm_, parts, layer,
      reached) = row
-    assert (layer, reached) == ("", True)  # no Server-Timing: a Miss is taken to have reached the origin
+    assert (layer, reached) == ("", 4)  # no Server-Timing: a Miss is taken to have reached the origin (X-Cache)
     assert (status, error_class, size, warm_) == (206, "", SIZE, False)
     assert nbytes == SIZE and 0 <= wasted <= SIZE  # what the unread whole-object GET let in counts as wasted
     assert [p[0] for p in parts] == ["bytes=0-3999", "bytes=4000-7999", "bytes=8000-9999"]
@@ -181,7 +181,7 @@ def test_the_table_counts_wasted_bytes_warm_pairs_and_keeps_parts() -> None:
     assert (table.done_count, table.success_count, table.bytes_wasted, table.already_warm_count) == (4, 2, 7, 1)
     assert list(table.parts) == [2] and table.parts[2][1][6] == "http_503"
     assert full_row((3, 0, "", "", 0, 1, 1.0, "x", "y")) == (3, 0, "", "", 0, 1, 1.0, "x", "y", "", -1, 0, 0, -1,
-                                                           False, (), "", False)
+                                                           False, (), "", 0)
 
 
 def test_the_report_has_a_row_per_part_and_an_outcome() -> None:
@@ -263,9 +263,9 @@ def test_hit_layers_add_up_to_the_verified_pairs() -> None:
     table = TaskTable([f"https://h/{i}" for i in range(4)], ["P1"])
     table.record([
         result_row(0, 200, "Miss", "a", 1, 1, 1.0, verify_x_cache="Hit from cloudfront", hit_layer="EDGE",
-                   origin_fetch=True),
+                   served_by=1),
         result_row(1, 200, "Hit", "a", 1, 1, 1.0, verify_x_cache="Hit from cloudfront", hit_layer="REC"),
-        result_row(2, 200, "Miss", "a", 1, 1, 1.0, verify_x_cache="Miss from cloudfront", origin_fetch=True),
+        result_row(2, 200, "Miss", "a", 1, 1, 1.0, verify_x_cache="Miss from cloudfront", served_by=1),
         result_row(3, 200, "Miss", "a", 1, 1, 1.0, hit_layer="EDGE"),  # not verified: not counted
     ])
     assert table.hit_layers() == {"": 1, "EDGE": 1, "REC": 1} and table.origin_fetches == 2

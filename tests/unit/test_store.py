@@ -34,7 +34,7 @@ def test_every_field_of_a_full_row_survives_the_store(tmp_path: Path) -> None:
 
     parts = (("bytes=0-3", 206, "Miss", 4, 1, 1.0, "", "", "Hit"),)
     rows = [result_row(0, 206, "Miss", "a", 4, 1, 2.0, verify_x_cache="Hit", wasted=9, size=4, parts=parts,
-                       hit_layer="REC", origin_fetch=True),
+                       hit_layer="REC", served_by=1),
             result_row(1, 200, "Hit", "a", 0, 1, 1.0, verify_x_cache="Hit", already_warm=True, size=4)]
     store = Store(tmp_path)
     store.save_job("a", {"status": "FINISHED"}, ["u0", "u1"])

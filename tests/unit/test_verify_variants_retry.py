@@ -226,5 +226,5 @@ def test_store_upgrades_a_file_without_verification_columns(tmp_path: Path) -> N
                              result_row(0, 500, error_class="http_500")])  # task 0 was stored first: kept
     [(_, _, _, rows)] = list(store.jobs())
     assert rows[0] == (0, 200, "x", "y", 1, 1, 1.0, "", "", "", -1, 0)  # an old per-task row, with defaults
-    assert rows[1] == (1, 200, MISS, "b", 2, 1, 1.0, "", "", HIT, 4, 2, 0, -1, False, [], "", False)  # a batch row
+    assert rows[1] == (1, 200, MISS, "b", 2, 1, 1.0, "", "", HIT, 4, 2, 0, -1, False, [], "", 0)  # a batch row
     assert len(rows) == 2

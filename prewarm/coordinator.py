@@ -32,6 +32,7 @@ from prewarm.plan import (
     Lane,
     ProbeChunk,
     batch_up,
+    cap_share,
     column_groups,
     group_firsts,
     interleave_by_node,
@@ -381,8 +382,7 @@ class Coordinator:
         plan = probe_plan(lanes, lane_of, n_cols, limits, self._batch_size(rps))
         sizes = np.zeros(len(urls), dtype=np.int64)
         col_group = self.col_group
-        cap = self.request.max_origin_concurrency or self.settings.max_origin_concurrency
-        origin_limit = max(1, cap // max(1, len(self.fetchers)))  # each fetcher's share of first-tier fetches
+
         firsts: list[asyncio.Future[None]] = []
         probe_pop = np.full(len(urls), -1, dtype=np.int64)  # URL -> the POP whose probe the origin answered
 
@@ -433,7 +433,7 @@ class Coordinator:
                 try:
                     return await self.fetchers[owner].probe_batch.remote(
                         pops[pop].pop, pops[pop].addresses, tasks, self.deadline, limit, variant, rps,
-                        self._phase(owner), bps, origin_limit)
+                        self._phase(owner), bps, self._origin_share(owner))
                 except RayActorError:
                     self._mark_dead(owner)
 
@@ -464,6 +464,11 @@ class Coordinator:
         known = sizes[sizes > 0]
         self.mean_size = float(known.mean()) if len(known) else 0.0
         await self.state.set_sizes.remote(self.req_id, sizes)
+
+    def _origin_share(self, owner: int) -> int:
+        """Fetcher ``owner``'s share of ``max_origin_concurrency``."""
+        return cap_share(self.request.max_origin_concurrency or self.settings.max_origin_concurrency,
+                         len(self.fetchers), owner)
 
     def _alive_owner(self, preferred: int) -> int:
         alive = [i for i in range(len(self.fetchers)) if i not in self.dead]
@@ -526,6 +531,7 @@ class Coordinator:
                     ref = self.fetchers[owner].fetch_batch.remote(
                         pops[pop], addresses[pop], tasks, self.deadline, limit, variant, self._rps_share(),
                         self._phase(owner), self._bps_share(), sizes,
+                        self._origin_share(owner) if self.tiering == "off" else None,
                     )
                     inflight[asyncio.wrap_future(ref.future())] = (batch, owner)
                     self.dispatched += len(batch)

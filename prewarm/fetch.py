@@ -82,6 +82,8 @@ class FetchResult:
     """An error the edge may now hold in its cache: how long until that copy expires (None: not a cached error)."""
     troubled: bool = False
     """An attempt answered what an origin in trouble answers (a 5xx, a 429, a timeout), retried or not."""
+    exchange_ms: float = 0.0
+    """The last attempt's own time, from sending to its answer's end (no wait for a slot or the rate cap)."""
 
     @property
     def overloaded(self) -> bool:
@@ -319,7 +321,9 @@ class PopClient:
                     paced_at = time.monotonic()
                     await pace()
                     start += time.monotonic() - paced_at
+                sent_at = time.monotonic()
                 result = await self._once(target, head, method, edge, deadline, gate, max_body, byte_range)
+                result.exchange_ms = (time.monotonic() - sent_at) * 1000
                 result.attempts = attempt
                 troubled = troubled or result.overloaded
                 if not result.error_class:

@@ -86,16 +86,18 @@ class Fetcher:
     async def fetch_batch(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
         variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
-        sizes: Mapping[str, int] | None = None,
+        sizes: Mapping[str, int] | None = None, origin_limit: int | None = None,
     ) -> tuple[int, tuple[int, ...]]:
         """Fetch every task of the batch, hand the results to the state actor; return how many, and the tasks whose
         GET the origin answered by ``Server-Timing`` (for learning which POPs share a regional edge cache).
 
         ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of the job's
         request-rate cap and ``bps`` of its byte-rate cap (None: no cap), ``phase`` its place among the job's
-        fetchers, ``sizes`` the known sizes of the batch's URLs that are warmed in parts.
+        fetchers, ``sizes`` the known sizes of the batch's URLs that are warmed in parts, ``origin_limit`` (tiering
+        off: any GET may reach the origin) this fetcher's share of ``max_origin_concurrency``.
         """
-        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, sizes)
+        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, sizes,
+                               self._origin_gate(origin_limit))
         return len(rows), one_piece(row[0] for row in rows if row[17] == SERVED_ORIGIN)
 
     async def probe_batch(
@@ -107,13 +109,8 @@ class Fetcher:
         its URL's first in its tier, and what its GET learnt goes back to the coordinator too: the object's size,
         or the 4xx that spares sending the URL to every other POP. ``origin_limit``: this fetcher's share of the
         job's ``max_origin_concurrency``."""
-        if origin_limit is not None:
-            if self._origin is None:
-                self._origin = OriginGate(origin_limit)
-            else:
-                self._origin.set_ceiling(origin_limit)
         rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, None,
-                               self._origin if origin_limit is not None else None)
+                               self._origin_gate(origin_limit))
         return one_piece((row[0], row[1], row[13] if row[13] >= 0 else row[4], row[7], row[8], row[17]) for row in rows)
 
     async def _run(
@@ -132,6 +129,16 @@ class Fetcher:
         await self._state.record.remote(self._req_id, one_piece(rows))
         record_batch(pop, rows)
         return rows
+
+    def _origin_gate(self, origin_limit: int | None) -> OriginGate | None:
+        """The fetcher's one gate for fetches that may reach the origin, at its current share (None: not gated)."""
+        if origin_limit is None:
+            return None
+        if self._origin is None:
+            self._origin = OriginGate(origin_limit)
+        else:
+            self._origin.set_ceiling(origin_limit)
+        return self._origin
 
     def origin_limits(self) -> list[tuple[float, int]]:
         """How this fetcher's first-tier concurrency limit changed: (monotonic time, limit)."""
@@ -186,8 +193,8 @@ class OriginGate:
         """A first-tier fetch ended (``result`` None: it raised); the limit learns from it."""
         before = self.limit.limit
         if result is not None:
-            small = result.nbytes < 256 * 1024 and result.attempts == 1  # about its first byte's time
-            self.limit.observe(result.troubled, result.elapsed_ms if small and result.ok else None)
+            small = result.nbytes < 256 * 1024 and result.attempts == 1  # its exchange's time: about its first byte's
+            self.limit.observe(result.troubled, result.exchange_ms if small and result.ok else None)
         if self._debt:
             self._debt -= 1
         else:

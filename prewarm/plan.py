@@ -197,3 +197,10 @@ def group_firsts(lane_of: np.ndarray, url_indices: Sequence[int], probe_column: 
         return {}
     tasks = np.concatenate(chosen)
     return _by_lane(lane_of[tasks], tasks)
+
+
+def cap_share(cap: int, n_fetchers: int, owner: int) -> int:
+    """Fetcher ``owner``'s share of a job-wide concurrency cap: the cap split over the fetchers, the remainder to
+    the first ones, so the shares add up to the cap while it is at least the fetchers (below, each keeps one)."""
+    n = max(1, n_fetchers)
+    return max(1, cap // n + (1 if owner % n < cap % n else 0))

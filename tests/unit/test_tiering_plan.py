@@ -12,7 +12,7 @@ from prewarm.fetch import FetchResult
 from prewarm.fetcher import OriginGate
 from prewarm.models import PrewarmRequest, request_error
 from prewarm.pacing import AdaptiveLimit
-from prewarm.plan import column_groups, group_firsts, lane_of_tasks, plan_lanes, released_in_group
+from prewarm.plan import cap_share, column_groups, group_firsts, lane_of_tasks, plan_lanes, released_in_group
 from prewarm.settings import Settings
 
 
@@ -97,7 +97,7 @@ def test_origin_gate_never_lets_more_through_than_its_limit() -> None:
             peak = max(peak, running)
             await asyncio.sleep(0.01)
             running -= 1
-            gate.release(FetchResult(status=200, attempts=2 if fail else 1, troubled=fail, elapsed_ms=10.0))
+            gate.release(FetchResult(status=200, attempts=2 if fail else 1, troubled=fail, exchange_ms=10.0))
             limits.append(gate.limit.limit)
 
         await asyncio.gather(*(one(i < 6) for i in range(40)))
@@ -126,3 +126,10 @@ def test_origin_settings() -> None:
     assert Settings.from_env({"PREWARM_ORIGIN_SHIELD": "0"}).origin_shield is False
     with pytest.raises(ValueError, match="PREWARM_ORIGIN_SHIELD"):
         Settings.from_env({"PREWARM_ORIGIN_SHIELD": "maybe"})
+
+
+def test_cap_shares_add_up_to_the_cap() -> None:
+    assert [cap_share(16, 2, i) for i in range(2)] == [8, 8]
+    assert [cap_share(3, 2, i) for i in range(2)] == [2, 1]  # not 1 + 1
+    assert [cap_share(7, 3, i) for i in range(3)] == [3, 2, 2]
+    assert [cap_share(1, 2, i) for i in range(2)] == [1, 1]  # under the fetchers: each keeps one

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.catalog import load_catalog
 from prewarm.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
-from prewarm.fetch import SERVED_ORIGIN, SERVED_TIER
+from prewarm.fetch import SERVED_ORIGIN
 from prewarm.fetcher import FetcherActor, ProbeRow
 from prewarm.metrics import record_job_end
 from prewarm.models import PrewarmRequest
@@ -101,7 +101,7 @@ class Coordinator:
         self.pop_names: list[str] = []
         self.rec_names: list[str] = []  # per POP: the REC it is taken to use (rec tiering)
         self.learnt: dict[str, str] = {}  # POP -> REC, what this job's Server-Timing showed
-        self.filled: set[tuple[int, int]] = set()  # (URL, tier group) whose first fetch succeeded
+        self.unfilled: set[tuple[int, int]] = set()  # (URL, tier group) whose first fetch failed (rare)
         self.mean_size = 0.0  # of the probed URLs, to size batches under a byte-rate cap
         self.log = JobLog(log, {"req_id": req_id})
         self.has_job = False
@@ -280,7 +280,7 @@ class Coordinator:
             return
         for task in misses:
             url, column = divmod(int(task), n_cols)
-            if (url, int(self.col_group[column])) in self.filled:
+            if (url, int(self.col_group[column])) not in self.unfilled:
                 pop = column // self.n_variants
                 self._learn(pop, own_rec(self.pop_names[pop]))
 
@@ -394,8 +394,8 @@ class Coordinator:
                 index = task // n_cols
                 if served == SERVED_ORIGIN:  # the URL was new to the probe's REC: what fills a REC now is this job
                     probe_pop[index] = chunk.column // self.n_variants
-                if col_group is not None and not error_class:
-                    self.filled.add((index, int(col_group[chunk.column])))
+                if col_group is not None and error_class:
+                    self.unfilled.add((index, int(col_group[chunk.column])))
                 if 400 <= status < 500 and status != 429:
                     note = f"size probe through {through} answered {message or status}; not sent to the POPs"
                     refused.extend(
@@ -444,16 +444,25 @@ class Coordinator:
             """A tier group's first fetch of some URLs; once it answered, the group's other POPs may go (its REC,
             or the shield, holds them now)."""
             assert col_group is not None
-            rows = await call(lane.column, lane.owner, limits[lane.column], task_ids)
-            group, pop = int(col_group[lane.column]), lane.column // self.n_variants
-            for task, _status, _size, error_class, _message, served in rows:
+            pop_index, variant = divmod(lane.column, self.n_variants)
+            tasks = one_piece((t, urls[t // n_cols]) for t in task_ids)
+            while True:
+                owner = self._alive_owner(lane.owner)
+                try:
+                    failed, by_tier = await self.fetchers[owner].first_batch.remote(
+                        pops[pop_index].pop, pops[pop_index].addresses, tasks, self.deadline, limits[lane.column],
+                        variant, rps, self._phase(owner), bps, self._origin_share(owner))
+                    break
+                except RayActorError:
+                    self._mark_dead(owner)
+            group = int(col_group[lane.column])
+            self.unfilled.update((t // n_cols, group) for t in failed)
+            for task in by_tier:
                 url = task // n_cols
-                if not error_class:
-                    self.filled.add((url, group))
-                if served == SERVED_TIER and self.tiering == "rec" and probe_pop[url] >= 0:
+                if self.tiering == "rec" and probe_pop[url] >= 0:
                     # The probe found the URL new and filled its REC; this group's first fetch, sent after it, was
                     # served by a tier above the POP: by that REC, which this POP shares.
-                    self._learn(pop, self.rec_names[int(probe_pop[url])])
+                    self._learn(pop_index, self.rec_names[int(probe_pop[url])])
             release(released_in_group(lane_of, [t // n_cols for t in task_ids], lane.column, col_group, n_cols))
 
         self.dispatched += sum(len(chunk.task_ids) for chunk in plan)

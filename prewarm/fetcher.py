@@ -16,6 +16,7 @@ import ray
 from prewarm.fetch import (
     REACHED_ORIGIN,
     SERVED_ORIGIN,
+    SERVED_TIER,
     SERVED_UNKNOWN,
     FetchResult,
     PopClient,
@@ -129,6 +130,19 @@ class Fetcher:
         await self._state.record.remote(self._req_id, one_piece(rows))
         record_batch(pop, rows)
         return rows
+
+    async def first_batch(
+        self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
+        variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
+        origin_limit: int | None = None,
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``fetch_batch`` for a tier group's first fetch of each URL, under the origin gate: the tasks that failed
+        (their group's REC may not hold the URL) and those a tier above the POP served (``Server-Timing``), the
+        two things the coordinator learns from; everything else went to the state actor."""
+        rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, None,
+                               self._origin_gate(origin_limit))
+        return (one_piece(row[0] for row in rows if row[7]),
+                one_piece(row[0] for row in rows if row[17] == SERVED_TIER))
 
     def _origin_gate(self, origin_limit: int | None) -> OriginGate | None:
         """The fetcher's one gate for fetches that may reach the origin, at its current share (None: not gated)."""

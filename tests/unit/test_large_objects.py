@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from prewarm.fetch import PopClient, cached_error_seconds, server_timing
+from prewarm.fetch import PopClient, cache_metrics, cached_error_seconds, server_timing
 from prewarm.fetcher import WarmOptions, part_ranges, warm_pair
 from prewarm.models import PrewarmRequest, RequestError, RetryRequest, request_error
 from prewarm.pacing import ByteBudget, Pacer
@@ -247,6 +247,11 @@ def test_server_timing_is_read_as_cloudfront_writes_it() -> None:
     hit = server_timing('cdn-cache-hit,cdn-pop;desc="FRA60-P1",cdn-hit-layer;desc="Origin Shield"')
     assert hit["cdn-hit-layer"] == "Origin Shield" and hit["cdn-cache-hit"] == ""
     assert server_timing(None) == {} and server_timing(" , ;") == {}
+    for value in (miss, 'cdn-cache-hit,cdn-pop;desc="FRA60-P1",cdn-hit-layer;desc="Origin Shield"',
+                  'cdn-cache-refresh,cdn-hit-layer;desc="EDGE"', "cdn-pop;desc=\"X\""):
+        parsed = server_timing(value)  # the quick reading agrees with the full parse
+        metric = next((m.removeprefix("cdn-cache-") for m in parsed if m.startswith("cdn-cache-")), "")
+        assert cache_metrics(value) == (metric, parsed.get("cdn-hit-layer", ""))
 
 
 def test_a_cached_errors_ttl_is_waited_out() -> None:

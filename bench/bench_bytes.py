@@ -50,7 +50,6 @@ import json
 import os
 import re
 import resource
-import shlex
 import shutil
 import signal
 import ssl
@@ -67,7 +66,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import prewarm
+from bench.common import start_run
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -656,22 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     pops = POPS[: args.pops]
     size = size_mb * MIB
     expected = size * n_urls * len(pops)
-    pythonpath = os.environ.get("PYTHONPATH")
-    print("command: " + (f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else "")
-          + shlex.join([sys.executable, "-m", "bench.bench_bytes", *argv]), flush=True)
-    print(f"prewarm imported from {prewarm.__file__} (driver)", flush=True)
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        os.environ.pop(name, None)  # everything here is on loopback: never through a proxy
-    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
-    # Ray's node address is the machine's own (non-loopback) address unless clustering is off: then it is
-    # 127.0.0.1 for the GCS, raylet, workers and agents alike (read when ray is first imported; inherited).
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-
-    def out_of_time(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run passed --max-minutes {args.max_minutes:g}")
-
-    signal.signal(signal.SIGALRM, out_of_time)
-    signal.alarm(max(1, int(args.max_minutes * 60)))
+    start_run("bench.bench_bytes", argv, args.max_minutes)
 
     from bench.bench_service import WebhookInbox, run_job
     from prewarm.client import PrewarmClient

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import statistics
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import prewarm
+from bench.common import start_run
 
 MIB = 1024 * 1024
 RECS = {"us-east-1": ["ATL56-C1", "IAD89-P1", "IAD89-P2", "YUL62-C1"],
@@ -221,22 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = parse_modes(args.modes)
     parts = {p.strip() for p in args.parts.split(",")}
 
-    pythonpath = os.environ.get("PYTHONPATH")
-    print("command: " + (f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else "")
-          + shlex.join([sys.executable, "-m", "bench.bench_tiers", *argv]), flush=True)
-    print(f"prewarm imported from {prewarm.__file__} (driver); started {time.strftime('%Y-%m-%d %H:%M:%S')}",
-          flush=True)
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        os.environ.pop(name, None)  # everything here is on loopback: never through a proxy
-    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
-    # Ray's node address is 127.0.0.1 for the GCS, raylet, workers and agents (read when ray is first imported).
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-
-    def out_of_time(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run passed --max-minutes {args.max_minutes:g}")
-
-    signal.signal(signal.SIGALRM, out_of_time)
-    signal.alarm(max(1, int(args.max_minutes * 60)))
+    start_run("bench.bench_tiers", argv, args.max_minutes)
 
     from bench.bench_service import WebhookInbox, run_job
     from prewarm.catalog import load_catalog

@@ -102,6 +102,8 @@ class Coordinator:
         self.rec_names: list[str] = []  # per POP: the REC it is taken to use (rec tiering)
         self.learnt: dict[str, str] = {}  # POP -> REC, what this job's Server-Timing showed
         self.unfilled: set[tuple[int, int]] = set()  # (URL, tier group) whose first fetch failed (rare)
+        self.missed: list[tuple[int, int, int]] = []  # (URL, group, POP) released, yet answered by the origin
+        self.tier_served: set[tuple[int, int]] = set()  # (URL, group) a released POP of which a tier above served
         self.mean_size = 0.0  # of the probed URLs, to size batches under a byte-rate cap
         self.log = JobLog(log, {"req_id": req_id})
         self.has_job = False
@@ -140,6 +142,7 @@ class Coordinator:
             self.log.exception("job failed")
             status, message = "FAILED", f"{type(exc).__name__}: {exc}"
         heartbeat.cancel()
+        self.learn_splits()
         if self.learnt:
             with contextlib.suppress(Exception):
                 await self.state.learn_recs.remote(self.learnt)
@@ -273,15 +276,21 @@ class Coordinator:
                           self.rec_names[pop])
             self.learnt[name] = rec
 
-    def learn_from_misses(self, misses: tuple[int, ...], n_cols: int) -> None:
-        """Released tasks whose GET the origin answered although their tier group's first had filled their supposed
-        REC: that POP's REC is another one (it gets a group of its own until something says which)."""
+    def note_released(self, misses: tuple[int, ...], by_tier: tuple[int, ...], n_cols: int) -> None:
+        """Released tasks the origin answered, and those a tier above served (``fetch_batch``), for ``learn_splits``."""
         if self.tiering != "rec" or self.col_group is None:
             return
         for task in misses:
             url, column = divmod(int(task), n_cols)
-            if (url, int(self.col_group[column])) not in self.unfilled:
-                pop = column // self.n_variants
+            self.missed.append((url, int(self.col_group[column]), column // self.n_variants))
+        self.tier_served.update((int(t) // n_cols, int(self.col_group[int(t) % n_cols])) for t in by_tier)
+
+    def learn_splits(self) -> None:
+        """A POP released once its tier group's first fetch filled their supposed REC, and answered by the origin while
+        another POP of the group was served by that REC (so the object was cacheable there): its REC is another one,
+        and it gets a group of its own until something says which."""
+        for url, group, pop in self.missed:
+            if (url, group) in self.tier_served and (url, group) not in self.unfilled:
                 self._learn(pop, own_rec(self.pop_names[pop]))
 
     async def _invalidate(self) -> None:
@@ -556,9 +565,9 @@ class Coordinator:
                 for future in done:
                     batch, sent_to = inflight.pop(future)
                     try:
-                        _, misses = future.result()
-                        if misses:
-                            self.learn_from_misses(misses, n_cols)
+                        _, misses, by_tier = future.result()
+                        if misses or by_tier:
+                            self.note_released(misses, by_tier, n_cols)
                     except RayActorError:
                         self.dispatched -= len(batch)
                         self._mark_dead(sent_to)

@@ -88,9 +88,10 @@ class Fetcher:
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,
         variant: int = 0, rps: float | None = None, phase: float = 0.0, bps: float | None = None,
         sizes: Mapping[str, int] | None = None, origin_limit: int | None = None,
-    ) -> tuple[int, tuple[int, ...]]:
-        """Fetch every task of the batch, hand the results to the state actor; return how many, and the tasks whose
-        GET the origin answered by ``Server-Timing`` (for learning which POPs share a regional edge cache).
+    ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """Fetch every task of the batch, hand the results to the state actor; return how many, the tasks whose GET
+        the origin answered and those a tier above the POP served, by ``Server-Timing`` (for learning which POPs
+        share a regional edge cache).
 
         ``limit`` is this fetcher's share of the job's per-POP concurrency cap, ``rps`` its share of the job's
         request-rate cap and ``bps`` of its byte-rate cap (None: no cap), ``phase`` its place among the job's
@@ -99,7 +100,8 @@ class Fetcher:
         """
         rows = await self._run(pop, addresses, tasks, deadline, limit, variant, rps, phase, bps, sizes,
                                self._origin_gate(origin_limit))
-        return len(rows), one_piece(row[0] for row in rows if row[17] == SERVED_ORIGIN)
+        return (len(rows), one_piece(row[0] for row in rows if row[17] == SERVED_ORIGIN),
+                one_piece(row[0] for row in rows if row[17] == SERVED_TIER))
 
     async def probe_batch(
         self, pop: str, addresses: list[str], tasks: Sequence[tuple[int, str]], deadline: float, limit: int,

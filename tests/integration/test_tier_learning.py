@@ -13,8 +13,9 @@ from prewarm.testbed import Testbed
 
 from .conftest import request_body, running_service, wait_final
 
-POPS = ["ATL56-C1", "FRA60-P1", "IAD89-P2", "ARN54-C1"]
-REAL = {"ATL56-C1": "us-east-1", "FRA60-P1": "us-east-1", "IAD89-P2": "eu-central-1", "ARN54-C1": "eu-central-1"}
+POPS = ["ATL56-C1", "FRA60-P1", "IAD89-P1", "IAD89-P2", "ARN54-C1"]
+REAL = {"ATL56-C1": "us-east-1", "FRA60-P1": "us-east-1", "IAD89-P1": "us-east-1", "IAD89-P2": "eu-central-1",
+        "ARN54-C1": "eu-central-1"}
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,21 @@ def test_a_first_fetch_served_by_the_probes_rec_joins_it_for_later_jobs(service:
 
 def test_a_released_pop_the_origin_answered_gets_a_group_of_its_own(service: PrewarmClient, cdn: Testbed) -> None:
     """IAD89-P2, by the catalogue in ATL56-C1's REC, is released once the probe through ATL56-C1 filled that REC,
-    yet the origin answers it (its REC is another): later jobs give it a first fetch of its own."""
+    yet the origin answers it while IAD89-P1 of the same group is served by the REC (so the object is cacheable
+    there): its REC is another, and later jobs give it a first fetch of its own."""
     cdn.reset()
-    first = run(service, cdn.url("/obj/2kb/learn-split-1"), ["ATL56-C1", "IAD89-P2"])
+    pops = ["ATL56-C1", "IAD89-P1", "IAD89-P2"]
+    first = run(service, cdn.url("/obj/2kb/learn-split-1"), pops)
     assert first["rec_groups"]["IAD89-P2"] == "us-east-1" and first["origin_fetches"] == 2
-    later = run(service, cdn.url("/obj/2kb/learn-split-2"), ["ATL56-C1", "IAD89-P2"])
-    assert later["rec_groups"] == {"ATL56-C1": "us-east-1", "IAD89-P2": "IAD89-P2 (own)"}
+    later = run(service, cdn.url("/obj/2kb/learn-split-2"), pops)
+    assert later["rec_groups"] == {"ATL56-C1": "us-east-1", "IAD89-P1": "us-east-1", "IAD89-P2": "IAD89-P2 (own)"}
+
+
+def test_an_object_no_rec_keeps_teaches_nothing(service: PrewarmClient, cdn: Testbed) -> None:
+    """Every POP answered by the origin (no-store: no tier keeps it) is no sign of a wrong grouping."""
+    cdn.reset()
+    pops = ["ATL56-C1", "IAD89-P1"]
+    first = run(service, cdn.url("/fault/nocache/learn-nothing"), pops)
+    assert first["origin_fetches"] == 2
+    later = run(service, cdn.url("/obj/2kb/learn-nothing-2"), pops)
+    assert later["rec_groups"] == {"ATL56-C1": "us-east-1", "IAD89-P1": "us-east-1"}

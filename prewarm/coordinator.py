@@ -476,6 +476,7 @@ class Coordinator:
 
         self.dispatched += sum(len(chunk.task_ids) for chunk in plan)
         await asyncio.gather(*(run(chunk) for chunk in plan))
+        await self.state.set_phase.remote(self.req_id, "warming")  # the probe is over; the groups' firsts warm
         while firsts:
             running, firsts[:] = list(firsts), []
             await asyncio.gather(*running)

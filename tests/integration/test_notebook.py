@@ -172,7 +172,9 @@ def test_notebook_runs_against_a_real_job(service: PrewarmClient, cdn: Testbed, 
     # Verified warm: every one of the 12 successes (4 URLs x 3 POPs) answered a Hit to its verification HEAD.
     warmth = outputs(next(c for c in code if "warmth_table(results)" in c.source))[0]["data"]["text/plain"]
     warmth_rows = {line.split()[0]: line.split()[1:] for line in warmth.splitlines()[2:]}
-    assert warmth_rows == {pop: ["4", "4", "4", "0", "1.0", "0"] for pop in SPEC_POPS}, warmth
+    # ... and every verified pair was held at the edge itself (Server-Timing's cdn-hit-layer EDGE)
+    assert "held_EDGE" in warmth.splitlines()[0]
+    assert warmth_rows == {pop: ["4", "4", "4", "0", "1.0", "0", "4"] for pop in SPEC_POPS}, warmth
     cold = outputs(next(c for c in code if "cold_pairs(results)" in c.source))[0]["data"]["text/plain"]
     assert cold.startswith("Empty DataFrame"), cold
     jobs_cell = next(c for c in code if "analysis.list_jobs()" in c.source)

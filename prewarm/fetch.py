@@ -109,26 +109,6 @@ class FetchResult:
         return self.error_class in RETRYABLE_CLASSES or self.status == 429 or self.status >= 500
 
 
-def server_timing(value: str | None) -> dict[str, str]:
-    """CloudFront's ``Server-Timing`` metrics by name: a metric's ``desc`` (or ``dur``), or "" for a bare one
-    (``cdn-cache-hit``)."""
-    metrics: dict[str, str] = {}
-    for metric in (value or "").split(","):
-        name, *params = metric.split(";")
-        name = name.strip().lower()
-        if not name:
-            continue
-        found = ""
-        for param in params:
-            key, _, raw = param.partition("=")
-            if key.strip().lower() in ("desc", "dur"):
-                found = raw.strip().strip('"')
-                if key.strip().lower() == "desc":
-                    break
-        metrics[name] = found
-    return metrics
-
-
 _HIT_LAYER = 'cdn-hit-layer;desc="'
 
 

@@ -156,10 +156,6 @@ class Fetcher:
             self._origin.set_ceiling(origin_limit)
         return self._origin
 
-    def origin_limits(self) -> list[tuple[float, int]]:
-        """How this fetcher's first-tier concurrency limit changed: (monotonic time, limit)."""
-        return [] if self._origin is None else list(self._origin.limit.history)
-
     def bytes_received(self) -> int:
         """Body bytes this fetcher has read for its job, those of fetches still running included."""
         return sum(client.bytes_received() for client, _ in self._clients.values())

@@ -12,25 +12,18 @@ import re
 import numpy as np
 import pytest
 
-from prewarm.fetch import PopClient, cache_metrics, cached_error_seconds, server_timing
+from prewarm.fetch import PopClient, cache_metrics, cached_error_seconds
 from prewarm.fetcher import WarmOptions, part_ranges, warm_pair
 from prewarm.models import PrewarmRequest, RequestError, RetryRequest, request_error
 from prewarm.pacing import ByteBudget, Pacer
 from prewarm.progress import ROW_FIELDS, TaskTable, full_row, result_row
 from prewarm.report import REPORT_COLUMNS, failures_frame, report_csv, results_frame
 from prewarm.settings import Settings
+from tests.unit.test_verify_variants_retry import Clock
 from tests.unit.test_wire import HOST, Server, serving, settings
 
 SIZE = 10_000
 RANGE = re.compile(rb"Range: bytes=(\d+)-(\d+)\r\n")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_byte_budget_pauses_for_what_was_overdrawn_and_allows_little_burst() -> None:
@@ -236,6 +229,17 @@ def test_large_object_settings() -> None:
                         ("PREWARM_RANGE_PART_BYTES", "0"), ("PREWARM_MIN_RATE", "-1")):
         with pytest.raises(ValueError, match=name):
             Settings.from_env({name: value})
+
+
+def server_timing(value: str | None) -> dict[str, str]:
+    """A full reading of CloudFront's Server-Timing (each metric's desc or dur), to check the quick one against."""
+    metrics: dict[str, str] = {}
+    for metric in (value or "").split(","):
+        name, *params = metric.split(";")
+        if name.strip():
+            values = dict(p.strip().partition("=")[::2] for p in params)
+            metrics[name.strip().lower()] = (values.get("desc") or values.get("dur") or "").strip('"')
+    return metrics
 
 
 def test_server_timing_is_read_as_cloudfront_writes_it() -> None:

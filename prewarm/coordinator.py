@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -108,6 +110,9 @@ class Coordinator:
         self.log = JobLog(log, {"req_id": req_id})
         self.has_job = False
         self.prestarted = self._prestart_fetchers() if prestart else {}
+        if prestart and settings.origin_shield is None:
+            # Between jobs, not in one: botocore takes a tenth of a second to import, and auto tiering needs it.
+            threading.Thread(target=importlib.import_module, args=("botocore.session",), daemon=True).start()
 
     def pid(self) -> int:
         return os.getpid()
@@ -167,7 +172,9 @@ class Coordinator:
         if point["final"]:
             return "FINISHED", ""  # closed already (stopped, or by an earlier run); finish() keeps that
         planned: list[str] | None = point["pops"]
-        starting = asyncio.create_task(self._start_fetchers())  # actor start-up overlaps DNS resolution
+        # Fetcher start-up and the tiering decision (a boto3 call, maybe) overlap DNS resolution.
+        starting = asyncio.create_task(self._start_fetchers())
+        tiering = asyncio.create_task(self._decide_tiering())
         resolved = await resolver.pop_addresses(
             self.cf_domain, planned if planned is not None else req.target_pops(), self.settings.allow_private_edges
         )
@@ -198,7 +205,7 @@ class Coordinator:
         n_cols = len(pops) * self.n_variants
         lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
         probing = point["phase"] != "warming"  # not probed yet (a restarted coordinator probes the URLs left)
-        self.tiering = await self._decide_tiering()
+        self.tiering = await tiering
         self.col_group = self._column_groups([p.pop for p in pops], await self.state.learnt_recs.remote())
         await self.state.set_tiering.remote(self.req_id, self.tiering, self.rec_groups())
         self.log.info("warming %d tasks (%s): %d POPs x %d variant(s), %d lanes over %d fetchers "

@@ -298,7 +298,7 @@ def curl_groups(urls: list[str], pops: list[str], addresses: dict[str, str], n: 
 
 
 def curl_args(address: str, urls: list[str], ca_file: str, head_only: bool = False) -> list[str]:
-    from prewarm.fetch import DEFAULT_HEADERS
+    from prewarm.net.popclient import DEFAULT_HEADERS
 
     args = ["curl", "-s", "--http1.1", "--noproxy", "*", "--max-time", "120", "--cacert", ca_file,
             "--resolve", f"{HOST}:443:{address}", "-w", "%{http_code} %{size_download} %header{x-cache}\\n"]
@@ -436,7 +436,7 @@ async def _buffered_conn(address: str, urls: list[str], heads: dict[str, bytes],
 
 
 async def _wire(spec: dict[str, Any], limit: int) -> int:
-    from prewarm.fetch import PopClient
+    from prewarm.net.popclient import PopClient
     from prewarm.settings import Settings
 
     settings = Settings.from_env({"PREWARM_CA_BUNDLE": spec["ca"], "PREWARM_ALLOW_PRIVATE_EDGES": "1"})
@@ -455,8 +455,8 @@ async def _wire(spec: dict[str, Any], limit: int) -> int:
 
 def client_main(kind: str, loop_kind: str, spec_file: str) -> int:
     """``--client KIND``: one diagnostic client over the spec's pairs; prints one JSON line."""
-    from prewarm.fetch import DEFAULT_HEADERS
-    from prewarm.wire import build_head, header_block, target_of
+    from prewarm.net.popclient import DEFAULT_HEADERS
+    from prewarm.net.wire import build_head, header_block, target_of
 
     spec = json.loads(Path(spec_file).read_text())
     block = header_block(DEFAULT_HEADERS)
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.bench_service import WebhookInbox, run_job
     from prewarm.client import PrewarmClient
-    from prewarm.service import start_service, stop_service
+    from prewarm.engine.service import start_service, stop_service
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
     from prewarm.testbed.net import free_port

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_baseline import raw_aiohttp_rps, warm
-from prewarm.fetch import PopClient
+from prewarm.net.popclient import PopClient
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 

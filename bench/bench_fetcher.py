@@ -5,7 +5,7 @@ cached 1 KiB objects over plain http), with a state actor that only counts what 
 Rounds alternate between the actor (``FetcherActor``, driven by Ray calls) and the plain ``Fetcher`` run in
 this process under uvloop, so the machine's mood hits both alike. Each round also prints what the rest of
 the machine spent meanwhile: nginx, and Ray's metrics agent (``ray::DashboardAgent``), which replays every
-histogram observation in Python (see ``prewarm.metrics.LATENCY_SAMPLES_PER_BATCH``).
+histogram observation in Python (see ``prewarm.engine.metrics.LATENCY_SAMPLES_PER_BATCH``).
 
     .venv/bin/python bench/bench_fetcher.py [--urls 5000] [--rounds 4]
 """
@@ -28,8 +28,8 @@ if __package__ in (None, ""):
 import ray
 
 from bench.bench_service import cpu_spent, process_cpu
-from prewarm import fetcher as fetcher_module
-from prewarm.registry import STATE_ACTOR_NAME
+from prewarm.engine import fetcher as fetcher_module
+from prewarm.engine.registry import STATE_ACTOR_NAME
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 

@@ -19,7 +19,7 @@ if __package__ in (None, ""):
 
 from bench.bench_service import free_port
 from prewarm.client import PrewarmClient
-from prewarm.models import FINAL_STATUSES
+from prewarm.schema import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-standby", action="store_true", help="PREWARM_STANDBY=0: every job starts its processes")
     args = ap.parse_args(argv)
 
-    from prewarm.service import start_service, stop_service
+    from prewarm.engine.service import start_service, stop_service
 
     with Testbed(pops=POPS) as tb:
         env = {**tb.env(), "PREWARM_STANDBY": "0" if args.no_standby else "1"}
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     import ray
 
-                    from prewarm.registry import coordinator_name
+                    from prewarm.engine.registry import coordinator_name
 
                     name = coordinator_name(rid)
                     table = ray._private.state.actors().values()

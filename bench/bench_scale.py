@@ -30,10 +30,10 @@ import ray
 
 from bench.bench_service import POPS, free_port
 from prewarm.client import PrewarmClient
-from prewarm.models import FINAL_STATUSES
-from prewarm.progress import TaskTable
-from prewarm.registry import STATE_ACTOR_NAME, coordinator_name
-from prewarm.report import report_csv
+from prewarm.core.report import report_csv
+from prewarm.core.results import TaskTable
+from prewarm.engine.registry import STATE_ACTOR_NAME, coordinator_name
+from prewarm.schema import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     pops = POPS[: args.pops]
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    from prewarm.service import start_service, stop_service
+    from prewarm.engine.service import start_service, stop_service
 
     with Testbed(pops=pops) as tb:
         settings = Settings.from_env({**tb.env(), "PREWARM_MAX_URLS": str(max(sizes)),

@@ -40,11 +40,11 @@ if __package__ in (None, ""):
 
 from bench.bench_baseline import raw_aiohttp_rps, warm, wrk_rps
 from prewarm.client import PrewarmClient
-from prewarm.models import FINAL_STATUSES
+from prewarm.net.webhook import SIGNATURE_HEADER, verify_signature
+from prewarm.schema import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 from prewarm.testbed.net import free_port
-from prewarm.webhook import SIGNATURE_HEADER, verify_signature
 
 POPS = ["IAD89-P1", "SFO5-P1", "FRA56-P4", "NRT51-P2", "SIN2-P1", "LHR61-P3", "DFW56-P1", "CDG50-P1",
         "SYD1-C1", "GRU1-C2"]
@@ -223,7 +223,7 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
     timed job starts after ``pause_s`` of rest, as a job on a service at rest would (with ``standby``, the next
     job's processes have started by then).
     A timed job ends at its webhook, or with ``poll_s`` at the first poll (that often) that sees it final."""
-    from prewarm.service import start_service, stop_service
+    from prewarm.engine.service import start_service, stop_service
 
     env = {**tb.env(), "PREWARM_MAX_URLS": str(max(n_urls, 100_000)), "PREWARM_PERSIST": "1" if persist else "0",
            "PREWARM_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-"),

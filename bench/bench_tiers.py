@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     start_run("bench.bench_tiers", argv, args.max_minutes)
 
     from bench.bench_service import WebhookInbox, run_job
-    from prewarm.catalog import load_catalog
     from prewarm.client import PrewarmClient
-    from prewarm.service import start_service, stop_service
+    from prewarm.core.catalog import load_catalog
+    from prewarm.engine.service import start_service, stop_service
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
     from prewarm.testbed.net import free_port

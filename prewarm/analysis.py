@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from prewarm.progress import is_hit
+from prewarm.core.results import is_hit
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-STATE_ACTOR_NAME = "prewarm-state"  # prewarm.registry.STATE_ACTOR_NAME, repeated so importing this needs no Ray
+STATE_ACTOR_NAME = "prewarm-state"  # prewarm.engine.registry.STATE_ACTOR_NAME, repeated so importing this needs no Ray
 DEFAULT_NAMESPACE = "prewarm"
 RAY_CALL_TIMEOUT_S = 60.0
 RESULT_COLUMNS = ["url", "pop", "ok", "variant", "address", "status_code", "x_cache", "bytes", "attempts",

@@ -29,7 +29,7 @@ import ray
 import yaml
 
 from prewarm.client import PrewarmClient
-from prewarm.cluster import node_counts, request_fetcher_nodes
+from prewarm.engine.cluster import node_counts, request_fetcher_nodes
 from prewarm.testbed import Testbed
 
 from .conftest import free_port, request_body, serve_on_free_port, service_settings, wait_final
@@ -160,7 +160,7 @@ def test_request_fetcher_nodes_scales_up_holds_and_releases(autoscaling_cluster:
 
 def test_desired_capacity_scales_fetcher_nodes_up_and_down(autoscaling_cluster: str, cdn: Testbed) -> None:
     """The same path through the API: POST /instances, a job on the new nodes, scale back to zero."""
-    from prewarm.service import stop_service
+    from prewarm.engine.service import stop_service
 
     base = serve_on_free_port(service_settings(cdn), address=autoscaling_cluster)
     try:

@@ -1,4 +1,4 @@
-"""prewarm.cloudfront against moto in server mode: a real HTTP endpoint on 127.0.0.1, real boto3 clients.
+"""prewarm.aws.cloudfront against moto in server mode: a real HTTP endpoint on 127.0.0.1, real boto3 clients.
 
 Clients come from ``make_clients()`` with the endpoint given only through ``AWS_ENDPOINT_URL``, so the
 standard endpoint chain is tested too. What moto does not do is injected through botocore's own event
@@ -21,7 +21,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 
-from prewarm.cloudfront import (
+from prewarm.aws.cloudfront import (
     CloudFrontError,
     CloudFrontTimeout,
     batch_paths,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from prewarm.cluster import FETCHER_RESOURCE
+from prewarm.engine.cluster import FETCHER_RESOURCE
 
 CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
 FAKE_YAML = Path(__file__).with_name("fake_autoscaling_cluster.yaml")

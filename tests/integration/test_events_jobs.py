@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from prewarm.cli.progressbar import follow
 from prewarm.client import ApiError, PrewarmClient
-from prewarm.models import FINAL_STATUSES, TIME_FORMAT
-from prewarm.progressbar import follow
+from prewarm.schema import FINAL_STATUSES, TIME_FORMAT
 from prewarm.testbed import Testbed
 
 from .conftest import SPEC_POPS, request_body, wait_final

@@ -18,8 +18,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from prewarm.client import PrewarmClient
-from prewarm.cluster import FETCHER_RESOURCE
-from prewarm.registry import STATE_ACTOR_NAME, coordinator_name
+from prewarm.engine.cluster import FETCHER_RESOURCE
+from prewarm.engine.registry import STATE_ACTOR_NAME, coordinator_name
 from prewarm.testbed import Testbed
 
 from .conftest import SPEC_POPS, origin_gets, request_body, serve_on_free_port, service_settings, wait_final
@@ -42,7 +42,7 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, cdn: Testbed) -> Iterator[tuple[PrewarmClient, str]]:
-    from prewarm.service import stop_service
+    from prewarm.engine.service import stop_service
 
     settings = service_settings(cdn, PREWARM_FETCHERS_PER_NODE="1")
     base = serve_on_free_port(settings, address=cluster.address)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from prewarm.client import ApiError, PrewarmClient
-from prewarm.resolve import Resolver
-from prewarm.service import start_service, stop_service
+from prewarm.engine.service import start_service, stop_service
+from prewarm.net.resolve import Resolver
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from prewarm.catalog import load_catalog
+from prewarm.cli.demo import edge_x_cache
 from prewarm.client import ApiError, PrewarmClient
-from prewarm.demo import edge_x_cache
-from prewarm.models import TIME_FORMAT
+from prewarm.core.catalog import load_catalog
+from prewarm.schema import TIME_FORMAT
 from prewarm.testbed import Testbed
 
 from .conftest import SPEC_POPS, origin_gets, request_body, wait_final

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import ray
 
-from prewarm import standby as standby_module
+from prewarm.api import standby as standby_module
+from prewarm.api.standby import Standby
 from prewarm.client import ApiError, PrewarmClient
-from prewarm.coordinator import CoordinatorActor, create_coordinator
-from prewarm.models import utcnow
-from prewarm.registry import coordinator_name, get_state_actor
+from prewarm.engine.coordinator import CoordinatorActor, create_coordinator
+from prewarm.engine.registry import coordinator_name, get_state_actor
+from prewarm.schema import utcnow
 from prewarm.settings import Settings
-from prewarm.standby import Standby
 from prewarm.testbed import Testbed
 
 from .conftest import RAY_TEST_KWARGS, SPEC_POPS, origin_gets, request_body, serve_on_free_port, service_settings
@@ -37,7 +37,7 @@ SILENCE_S = 4.0
 
 @pytest.fixture(scope="module")
 def served(cdn: Testbed) -> Iterator[tuple[PrewarmClient, Settings]]:
-    from prewarm.service import stop_service
+    from prewarm.engine.service import stop_service
 
     # A short silence limit: jobs here must keep their coordinator's heartbeat through long quiet phases.
     settings = service_settings(cdn, PREWARM_COORDINATOR_SILENCE_TIMEOUT=str(SILENCE_S), PREWARM_FETCH_TIMEOUT="10")

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from prewarm.catalog import load_catalog
 from prewarm.client import PrewarmClient
+from prewarm.core.catalog import load_catalog
 from prewarm.testbed import Testbed
 
 from .conftest import request_body, running_service, wait_final

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from prewarm.catalog import load_catalog
 from prewarm.client import ApiError, PrewarmClient
+from prewarm.core.catalog import load_catalog
 from prewarm.testbed import Testbed
 
 from .conftest import request_body, running_service, wait_final

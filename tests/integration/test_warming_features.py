@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from prewarm.cli.demo import edge_x_cache
 from prewarm.client import ApiError, PrewarmClient
-from prewarm.demo import edge_x_cache
+from prewarm.net.webhook import SIGNATURE_HEADER, verify_signature
 from prewarm.testbed import Testbed
-from prewarm.webhook import SIGNATURE_HEADER, verify_signature
 
 from .conftest import RAY_TEST_KWARGS, origin_gets, request_body, serve_on_free_port, service_settings, wait_final
 
@@ -31,7 +31,7 @@ NAMESPACE: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
     """The service with a webhook secret and a short webhook back-off, so a retried delivery is quick."""
-    from prewarm.service import stop_service
+    from prewarm.engine.service import stop_service
 
     settings = service_settings(cdn, PREWARM_WEBHOOK_SECRET=SECRET, PREWARM_WEBHOOK_BACKOFF_BASE="0.2")
     NAMESPACE["name"] = settings.namespace
@@ -94,7 +94,7 @@ def all_results(req_id: str) -> pd.DataFrame:
     """Every task with its outcome, from the state actor (the CSV report holds failures only)."""
     import ray
 
-    from prewarm.registry import STATE_ACTOR_NAME
+    from prewarm.engine.registry import STATE_ACTOR_NAME
 
     actor = ray.get_actor(STATE_ACTOR_NAME, namespace=NAMESPACE["name"])
     return ray.get(actor.results.remote(req_id), timeout=30)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from prewarm.net.webhook import SIGNATURE_HEADER, DeliveryStatus, deliver, verify_signature
 from prewarm.testbed.ca import TlsFiles, make_tls
 from prewarm.testbed.proc import TestbedError
-from prewarm.webhook import SIGNATURE_HEADER, DeliveryStatus, deliver, verify_signature
 
 SECRET = "webhook-test-secret"
 BODY = json.dumps({"req_id": "r-1", "status": "FINISHED", "succeeded": 3, "failed": 0}).encode()
@@ -350,7 +350,7 @@ def _state_settings(tmp_path: Path, window_s: float) -> object:
 
 
 def test_owed_delivery_resumes_after_a_restart_and_keeps_counting_attempts(tmp_path: Path) -> None:
-    from prewarm.state import State
+    from prewarm.engine.state import State
 
     with Receiver([Reply(503)]) as rx:
         first = State(_state_settings(tmp_path, 60.0))  # type: ignore[arg-type]
@@ -370,7 +370,7 @@ def test_owed_delivery_resumes_after_a_restart_and_keeps_counting_attempts(tmp_p
 
 
 def test_owed_delivery_whose_window_passed_while_down_is_given_up_unsent(tmp_path: Path) -> None:
-    from prewarm.state import State
+    from prewarm.engine.state import State
 
     with Receiver([Reply(503)]) as rx:
         first = State(_state_settings(tmp_path, 1.5))  # type: ignore[arg-type]

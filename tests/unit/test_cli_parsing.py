@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prewarm.cli import (
+from prewarm.cli.commands import (
     EXIT_ERROR,
     UsageError,
     build_parser,
@@ -22,8 +22,8 @@ from prewarm.cli import (
     read_url_lines,
     split_list,
 )
-from prewarm.progressbar import ProgressBar, format_summary, human_bytes, human_duration, render
-from prewarm.sitemap import SitemapError, decompress, load_sitemap, parse_sitemap, resolve_nested
+from prewarm.cli.progressbar import ProgressBar, format_summary, human_bytes, human_duration, render
+from prewarm.cli.sitemap import SitemapError, decompress, load_sitemap, parse_sitemap, resolve_nested
 
 NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
 

@@ -10,9 +10,7 @@ from typing import Any
 
 import pytest
 
-from prewarm.cli import format_jobs
-from prewarm.client import KEEP_ALIVE_EVENT, iter_sse
-from prewarm.events import (
+from prewarm.api.events import (
     DEFAULT_JOBS_LIMIT,
     KEEP_ALIVE,
     MAX_JOBS_LIMIT,
@@ -23,6 +21,8 @@ from prewarm.events import (
     select_jobs,
     sse_frame,
 )
+from prewarm.cli.commands import format_jobs
+from prewarm.client import KEEP_ALIVE_EVENT, iter_sse
 
 
 def test_sse_frame_is_one_message_of_compact_json() -> None:
@@ -207,7 +207,7 @@ def test_format_jobs_table() -> None:
 
 
 def test_cli_parses_the_jobs_and_watch_commands() -> None:
-    from prewarm.cli import build_parser
+    from prewarm.cli.commands import build_parser
 
     args = build_parser().parse_args(["jobs", "--status", "FINISHED", "--limit", "5", "--since", "2024-04-16",
                                       "--json"])

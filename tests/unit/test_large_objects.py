@@ -12,12 +12,12 @@ import re
 import numpy as np
 import pytest
 
-from prewarm.fetch import PopClient, cache_metrics, cached_error_seconds
-from prewarm.fetcher import WarmOptions, part_ranges, warm_pair
-from prewarm.models import PrewarmRequest, RequestError, RetryRequest, request_error
-from prewarm.pacing import ByteBudget, Pacer
-from prewarm.progress import ROW_FIELDS, TaskTable, full_row, result_row
-from prewarm.report import REPORT_COLUMNS, failures_frame, report_csv, results_frame
+from prewarm.core.pacing import ByteBudget, Pacer
+from prewarm.core.report import REPORT_COLUMNS, failures_frame, report_csv, results_frame
+from prewarm.core.results import ROW_FIELDS, TaskTable, full_row, result_row
+from prewarm.engine.fetcher import WarmOptions, part_ranges, warm_pair
+from prewarm.net.popclient import PopClient, cache_metrics, cached_error_seconds
+from prewarm.schema import PrewarmRequest, RequestError, RetryRequest, request_error
 from prewarm.settings import Settings
 from tests.unit.test_verify_variants_retry import Clock
 from tests.unit.test_wire import HOST, Server, serving, settings

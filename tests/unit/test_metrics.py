@@ -7,8 +7,8 @@ from itertools import pairwise
 
 import pytest
 
-from prewarm.metrics import LATENCY_SAMPLES_PER_BATCH, latency_sample
-from prewarm.progress import ResultRow, result_row
+from prewarm.core.results import ResultRow, result_row
+from prewarm.engine.metrics import LATENCY_SAMPLES_PER_BATCH, latency_sample
 
 
 def rows_with_latencies(n: int) -> list[ResultRow]:

@@ -3,7 +3,7 @@ from itertools import product
 import pytest
 from pydantic import ValidationError
 
-from prewarm.models import (
+from prewarm.schema import (
     _PLAIN_URL,
     InstancesRequest,
     PrewarmRequest,

@@ -3,8 +3,7 @@ from collections import Counter, deque
 
 import pandas as pd
 
-from prewarm.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask, fetcher_nodes_exist
-from prewarm.plan import (
+from prewarm.core.plan import (
     batch_up,
     interleave_by_node,
     lane_of_tasks,
@@ -14,8 +13,9 @@ from prewarm.plan import (
     probe_plan,
     released_by_probe,
 )
-from prewarm.progress import TaskTable, counts, percentage, result_row
-from prewarm.report import REPORT_COLUMNS, pop_table, report_csv
+from prewarm.core.report import REPORT_COLUMNS, pop_table, report_csv
+from prewarm.core.results import TaskTable, counts, percentage, result_row
+from prewarm.engine.cluster import FETCHER_RESOURCE, choose_nodes, combined_ask, fetcher_nodes_exist
 
 
 def test_the_probe_runs_one_task_of_each_url_on_the_fetcher_of_its_lane() -> None:

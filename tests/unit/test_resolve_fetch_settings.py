@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from prewarm.fetch import backoff_delay, retry_after_seconds
-from prewarm.resolve import edge_address_problem, parse_nameserver
+from prewarm.net.popclient import backoff_delay, retry_after_seconds
+from prewarm.net.resolve import edge_address_problem, parse_nameserver
 from prewarm.settings import Settings
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prewarm.progress import result_row
+from prewarm.core.results import result_row
+from prewarm.engine.state import State
 from prewarm.settings import Settings
-from prewarm.state import State
 
 URLS = [f"https://www.example.com/{i}.css" for i in range(3)]
 NOW = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prewarm.store import Store
+from prewarm.engine.store import Store
 
 
 def test_jobs_and_results_round_trip(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_jobs_and_results_round_trip(tmp_path: Path) -> None:
 def test_every_field_of_a_full_row_survives_the_store(tmp_path: Path) -> None:
     """Rows with the large-object and tier fields come back whole, nested parts included, and rebuild the same
     table counts (a store that kept 12 fields lost wasted bytes, parts, hit layers and origin fetches)."""
-    from prewarm.progress import TaskTable, result_row
+    from prewarm.core.results import TaskTable, result_row
 
     parts = (("bytes=0-3", 206, "Miss", 4, 1, 1.0, "", "", "Hit"),)
     rows = [result_row(0, 206, "Miss", "a", 4, 1, 2.0, verify_x_cache="Hit", wasted=9, size=4, parts=parts,

@@ -1,7 +1,7 @@
 import pytest
 
-from prewarm.catalog import load_catalog, pop_dns_name
-from prewarm.targets import TargetError, expand_targets
+from prewarm.core.catalog import load_catalog, pop_dns_name
+from prewarm.core.targets import TargetError, expand_targets
 
 
 def test_pops_are_normalised_and_deduplicated() -> None:

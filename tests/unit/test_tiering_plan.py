@@ -7,12 +7,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from prewarm.catalog import load_catalog
-from prewarm.fetch import FetchResult
-from prewarm.fetcher import OriginGate
-from prewarm.models import PrewarmRequest, request_error
-from prewarm.pacing import AdaptiveLimit
-from prewarm.plan import cap_share, column_groups, group_firsts, lane_of_tasks, plan_lanes, released_in_group
+from prewarm.core.catalog import load_catalog
+from prewarm.core.pacing import AdaptiveLimit
+from prewarm.core.plan import cap_share, column_groups, group_firsts, lane_of_tasks, plan_lanes, released_in_group
+from prewarm.engine.fetcher import OriginGate
+from prewarm.net.popclient import FetchResult
+from prewarm.schema import PrewarmRequest, request_error
 from prewarm.settings import Settings
 
 

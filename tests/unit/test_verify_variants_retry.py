@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from prewarm.models import PrewarmRequest, RetryRequest, request_error
-from prewarm.pacing import Pacer, share_of
-from prewarm.plan import lane_tasks, per_fetcher_limits, plan_lanes
-from prewarm.progress import TaskTable, is_hit, result_row
-from prewarm.report import cold_pairs, pop_table, report_csv
-from prewarm.store import Store
+from prewarm.core.pacing import Pacer, share_of
+from prewarm.core.plan import lane_tasks, per_fetcher_limits, plan_lanes
+from prewarm.core.report import cold_pairs, pop_table, report_csv
+from prewarm.core.results import TaskTable, is_hit, result_row
+from prewarm.engine.store import Store
+from prewarm.schema import PrewarmRequest, RetryRequest, request_error
 
 HIT, MISS = "Hit from cloudfront", "Miss from cloudfront"
 BASE = {"url_list": ["https://a.example/1"], "timeout": 1, "target_type": "pop", "pops": ["IAD89-P1"],

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from prewarm.webhook import (
+from prewarm.net.webhook import (
     SIGNATURE_HEADER,
     DeliveryStatus,
     callback_url_problem,

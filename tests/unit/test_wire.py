@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 client (prewarm.wire) through PopClient, against scripted loopback servers.
+"""The lean HTTP/1.1 client (prewarm.net.wire) through PopClient, against scripted loopback servers.
 
 Each test's server answers every request with what its ``respond`` function returns, so the framings a
 CDN edge may use (Content-Length, chunked, until close), the failures it may produce (short bodies,
@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from prewarm.fetch import FetchResult, PopClient, Slots, age_seconds, preload_trust_store, ssl_context
-from prewarm.pacing import ByteBudget
-from prewarm.settings import Settings
-from prewarm.wire import (
+from prewarm.core.pacing import ByteBudget
+from prewarm.net.popclient import FetchResult, PopClient, Slots, age_seconds, preload_trust_store, ssl_context
+from prewarm.net.wire import (
     DEADLINE_CHECK_S,
     Limits,
     Pool,
@@ -33,6 +32,7 @@ from prewarm.wire import (
     header_block,
     target_of,
 )
+from prewarm.settings import Settings
 
 HOST = "www.example.com"
 Respond = Callable[[bytes, int], "bytes | tuple[bytes, bool] | Paced | None"]

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from prewarm.fetcher import WorkerPool
+from prewarm.engine.fetcher import WorkerPool
 
 
 def items(first: int, n: int) -> list[tuple[int, str]]:

@@ -1,6 +1,6 @@
 """Named actors and how every part finds them: the cluster's state actor and each job's coordinator.
 
-Fetchers, coordinators and the API import this instead of ``prewarm.state``, so an actor process does
+Fetchers, coordinators and the API import this instead of ``prewarm.engine.state``, so an actor process does
 not load pandas and boto3 just to look up a handle: that keeps a job's actor start-up short.
 """
 
@@ -36,7 +36,7 @@ def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
     head = head_node_id()
     if head is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
-    from prewarm.state import StateActor  # only the first caller on a cluster creates it
+    from prewarm.engine.state import StateActor  # only the first caller on a cluster creates it
 
     return StateActor.options(**options).remote(settings)
 

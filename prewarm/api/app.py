@@ -18,10 +18,14 @@ from ray.serve.deployment import Application
 from starlette.background import BackgroundTask
 
 from prewarm import __version__
-from prewarm.cluster import ON_HEAD, node_counts
-from prewarm.coordinator import start_job
-from prewarm.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
-from prewarm.models import (
+from prewarm.api.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
+from prewarm.api.standby import Standby
+from prewarm.engine.cluster import ON_HEAD, node_counts
+from prewarm.engine.coordinator import start_job
+from prewarm.engine.registry import get_state_actor, kill_coordinator
+from prewarm.net.resolve import Resolver, find_distribution
+from prewarm.net.webhook import resolve_callback
+from prewarm.schema import (
     ErrorResponse,
     InstancesQueryResponse,
     InstancesRequest,
@@ -38,11 +42,7 @@ from prewarm.models import (
     request_error,
     utcnow,
 )
-from prewarm.registry import get_state_actor, kill_coordinator
-from prewarm.resolve import Resolver, find_distribution
 from prewarm.settings import Settings
-from prewarm.standby import Standby
-from prewarm.webhook import resolve_callback
 
 STATE_CALL_TIMEOUT_S = 30.0
 

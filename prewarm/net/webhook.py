@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from prewarm.fetch import retry_after_seconds
-from prewarm.models import fmt_time, url_problem
-from prewarm.resolve import edge_address_problem
+from prewarm.net.popclient import retry_after_seconds
+from prewarm.net.resolve import edge_address_problem
+from prewarm.schema import fmt_time, url_problem
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from prewarm.client import EVENTS_READ_TIMEOUT_S, ApiError, EventStreamError, PrewarmClient
-from prewarm.models import FINAL_STATUSES
+from prewarm.schema import FINAL_STATUSES
 
 LOG_INTERVAL_S = 5.0  # one line this often when the stream is not a terminal
 RATE_WINDOW_S = 10.0  # the rate is measured over this much recent history, so it follows changes

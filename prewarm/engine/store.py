@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from prewarm.progress import ResultRow
+from prewarm.core.results import ResultRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -2,7 +2,7 @@
 
 A ``PopClient`` keeps one keep-alive pool per POP address and dials that address itself, so it sends
 exactly what a viewer would (Host, SNI, certificate checked against the URL's host) while connecting only
-to the edge that DNS gave for the POP. The HTTP/1.1 exchange is :mod:`prewarm.wire`'s.
+to the edge that DNS gave for the POP. The HTTP/1.1 exchange is :mod:`prewarm.net.wire`'s.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from email.utils import parsedate_to_datetime
 from functools import cache
 from typing import Any
 
-from prewarm.progress import is_hit
-from prewarm.settings import Settings
-from prewarm.wire import (
+from prewarm.core.results import is_hit
+from prewarm.net.wire import (
     ByteGate,
     Limits,
     Pool,
@@ -34,6 +33,7 @@ from prewarm.wire import (
     header_block,
     target_of,
 )
+from prewarm.settings import Settings
 
 DEFAULT_HEADERS = {"Accept-Encoding": "gzip, deflate, br", "User-Agent": "cdn-prewarm/0.1", "Pragma": "server-timing"}
 """``Pragma: server-timing`` asks CloudFront for its ``Server-Timing`` metrics (which tier answered) even where the
@@ -239,7 +239,7 @@ class PopClient:
     """Keep-alive connection pools to one POP, with a cap on concurrent fetches through it.
 
     The POP's addresses are dialled directly (the resolver's job is done before a client exists), the
-    URL's host goes in ``Host`` and SNI: see :mod:`prewarm.wire`, which replaced aiohttp here because a
+    URL's host goes in ``Host`` and SNI: see :mod:`prewarm.net.wire`, which replaced aiohttp here because a
     fetcher is CPU-bound on small cached objects and aiohttp cost ~2x the CPU per fetch.
     """
 

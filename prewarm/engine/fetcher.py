@@ -13,7 +13,11 @@ from typing import Generic, TypeVar
 
 import ray
 
-from prewarm.fetch import (
+from prewarm.core.pacing import AdaptiveLimit, ByteBudget, Pacer
+from prewarm.core.results import NO_X_CACHE, PartRow, ResultRow, is_hit, one_piece
+from prewarm.engine.metrics import record_batch
+from prewarm.engine.registry import get_state_actor
+from prewarm.net.popclient import (
     REACHED_ORIGIN,
     SERVED_ORIGIN,
     SERVED_TIER,
@@ -23,12 +27,8 @@ from prewarm.fetch import (
     Slots,
     preload_trust_store,
 )
-from prewarm.metrics import record_batch
-from prewarm.pacing import AdaptiveLimit, ByteBudget, Pacer
-from prewarm.progress import NO_X_CACHE, PartRow, ResultRow, is_hit, one_piece
-from prewarm.registry import get_state_actor
+from prewarm.net.wire import ByteGate
 from prewarm.settings import Settings
-from prewarm.wire import ByteGate
 
 Row = TypeVar("Row")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prewarm.catalog import POP_CODE, Catalog, dedupe, load_catalog
+from prewarm.core.catalog import POP_CODE, Catalog, dedupe, load_catalog
 
 TARGET_TYPES = ("pop", "country", "region")
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from prewarm.targets import TargetError, expand_targets
+from prewarm.core.targets import TargetError, expand_targets
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 MAX_TIMEOUT_MINUTES = 24 * 60
@@ -334,7 +334,7 @@ class PrewarmRequest(BaseModel):
     def _callback(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from prewarm.webhook import callback_url_problem  # webhook imports this module
+        from prewarm.net.webhook import callback_url_problem  # webhook imports this module
 
         problem = callback_url_problem(value)
         if problem:

@@ -18,11 +18,11 @@ from typing import Any
 
 import ray
 
-from prewarm.coordinator import create_coordinator
-from prewarm.registry import get_state_actor
+from prewarm.engine.coordinator import create_coordinator
+from prewarm.engine.registry import get_state_actor
 from prewarm.settings import Settings
 
-log = logging.getLogger("prewarm.standby")
+log = logging.getLogger("prewarm.api.standby")
 
 REPLACE_AFTER_S = 600.0
 """A standby unused this long is replaced by a fresh one, well before it would leave by itself."""

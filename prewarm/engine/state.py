@@ -1,8 +1,9 @@
 """The detached state actor: one per cluster, aggregates every job's progress and builds its report.
 
 Find it from a notebook with ``ray.get_actor("prewarm-state", namespace="prewarm")``; other parts of
-the service find it through ``prewarm.registry``, which does not import this module's pandas and boto3. Fetchers report
-results in batches; the API reads progress and summaries from here, so those stay fast while jobs run.
+the service find it through ``prewarm.engine.registry``, which does not import this module's pandas and
+boto3. Fetchers report results in batches; the API reads progress and summaries from here, so those stay
+fast while jobs run.
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ import numpy as np
 import pandas as pd
 import ray
 
-from prewarm.cloudfront import CloudFrontError, make_clients, report_url, upload_report
-from prewarm.cluster import combined_ask, request_fetcher_nodes
-from prewarm.models import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
-from prewarm.progress import ResultRow, TaskTable, counts, percentage
-from prewarm.registry import coordinator_alive, kill_coordinator
-from prewarm.report import cold_pairs, pop_table, report_csv, results_frame
+from prewarm.aws.cloudfront import CloudFrontError, make_clients, report_url, upload_report
+from prewarm.core.report import cold_pairs, pop_table, report_csv, results_frame
+from prewarm.core.results import ResultRow, TaskTable, counts, percentage
+from prewarm.engine.cluster import combined_ask, request_fetcher_nodes
+from prewarm.engine.registry import coordinator_alive, kill_coordinator
+from prewarm.engine.store import Store
+from prewarm.net.webhook import DeliveryStatus, deliver
+from prewarm.schema import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
 from prewarm.settings import Settings
-from prewarm.store import Store
-from prewarm.webhook import DeliveryStatus, deliver
 
 T = TypeVar("T")
-log = logging.getLogger("prewarm.state")
+log = logging.getLogger("prewarm.engine.state")
 # A job whose coordinator vanished is closed this long after its deadline, so none stays IN_PROGRESS.
 DEADLINE_GRACE = timedelta(seconds=30)
 # A job with no news for this long has its coordinator's liveness checked.
@@ -607,7 +608,7 @@ class State:
         Running jobs are refreshed first (a dead coordinator or a passed deadline closes them), so the
         status filter sees what a progress read would; only the selected jobs get a progress body.
         """
-        from prewarm.events import select_jobs  # local: this method is the only user
+        from prewarm.api.events import select_jobs  # local: this method is the only user
 
         self._running()
         chosen = select_jobs(list(self.jobs.values()), status, limit, since)

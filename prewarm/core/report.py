@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from prewarm.progress import TaskTable
+from prewarm.core.results import TaskTable
 
 REPORT_COLUMNS = [
     "url",

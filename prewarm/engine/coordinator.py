@@ -23,14 +23,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from prewarm.catalog import load_catalog
-from prewarm.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
-from prewarm.fetch import SERVED_ORIGIN
-from prewarm.fetcher import FetcherActor, ProbeRow
-from prewarm.metrics import record_job_end
-from prewarm.models import PrewarmRequest
-from prewarm.pacing import share_of
-from prewarm.plan import (
+from prewarm.core.catalog import load_catalog
+from prewarm.core.pacing import share_of
+from prewarm.core.plan import (
     Lane,
     ProbeChunk,
     batch_up,
@@ -45,12 +40,17 @@ from prewarm.plan import (
     released_by_probe,
     released_in_group,
 )
-from prewarm.progress import ResultRow, one_piece, result_row
-from prewarm.registry import coordinator_name, get_state_actor
-from prewarm.resolve import PopAddresses, Resolver
+from prewarm.core.results import ResultRow, one_piece, result_row
+from prewarm.engine.cluster import ON_HEAD, choose_nodes, fetcher_nodes_exist
+from prewarm.engine.fetcher import FetcherActor, ProbeRow
+from prewarm.engine.metrics import record_job_end
+from prewarm.engine.registry import coordinator_name, get_state_actor
+from prewarm.net.popclient import SERVED_ORIGIN
+from prewarm.net.resolve import PopAddresses, Resolver
+from prewarm.schema import PrewarmRequest
 from prewarm.settings import Settings
 
-log = logging.getLogger("prewarm.coordinator")
+log = logging.getLogger("prewarm.engine.coordinator")
 
 
 class JobLog(logging.LoggerAdapter):
@@ -245,7 +245,7 @@ class Coordinator:
             return mode
         shield = self.settings.origin_shield
         if shield is None and self.cf_domain:
-            from prewarm.cloudfront import CloudFrontError, has_credentials, make_clients, origin_shield_enabled
+            from prewarm.aws.cloudfront import CloudFrontError, has_credentials, make_clients, origin_shield_enabled
 
             def ask() -> bool:
                 return has_credentials() and origin_shield_enabled(make_clients()[0], self.cf_domain)
@@ -305,7 +305,7 @@ class Coordinator:
         await self.state.set_phase.remote(self.req_id, "invalidating")
 
         # boto3 is loaded only by jobs that invalidate: the others start faster without it.
-        from prewarm.cloudfront import (
+        from prewarm.aws.cloudfront import (
             CloudFrontError,
             find_distribution_id,
             invalidate,

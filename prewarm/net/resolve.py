@@ -14,8 +14,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from prewarm.catalog import pop_dns_name
-from prewarm.cloudfront import CloudFrontError, distribution_for_hosts, make_clients
+from prewarm.aws.cloudfront import CloudFrontError, distribution_for_hosts, make_clients
+from prewarm.core.catalog import pop_dns_name
 
 CLOUDFRONT_NAME = re.compile(r"^[a-z0-9]+\.cloudfront\.net$")
 

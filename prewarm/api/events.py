@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from prewarm.models import FINAL_STATUSES, STATUSES, TIME_FORMAT
+from prewarm.schema import FINAL_STATUSES, STATUSES, TIME_FORMAT
 
 PROGRESS_INTERVAL_S = 1.0  # a progress event at most this often (the stream polls the state actor this often)
 HEARTBEAT_S = 15.0  # a comment after this much silence keeps proxies and idle timers from closing the stream

@@ -31,7 +31,7 @@ class UsageError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prewarm.service import start_service, stop_service
+    from prewarm.engine.service import start_service, stop_service
     from prewarm.settings import Settings
 
     stop = threading.Event()
@@ -85,7 +85,7 @@ def _instances(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from prewarm.demo import run_demo
+    from prewarm.cli.demo import run_demo
 
     return run_demo(port=args.port)
 
@@ -122,7 +122,7 @@ def read_url_lines(stream: TextIO) -> list[str]:
 
 def collect_urls(args: argparse.Namespace, stdin: TextIO | None = None) -> list[str]:
     """URLs from the arguments, then ``--file``s, then ``--sitemap``s, duplicates dropped, order kept."""
-    from prewarm.sitemap import SitemapError, load_sitemap
+    from prewarm.cli.sitemap import SitemapError, load_sitemap
 
     urls = list(args.urls)
     for name in args.file or ():
@@ -240,7 +240,7 @@ def _post_job(args: argparse.Namespace, body: dict[str, Any], deadline_s: float,
 def _follow_job(args: argparse.Namespace, client: PrewarmClient, req_id: str, deadline_s: float,
                 extra: dict[str, Any]) -> int:
     """Watch a job to its end (event stream, else polling), print its summary, exit by its outcome."""
-    from prewarm.progressbar import WatchTimeout, follow, format_summary
+    from prewarm.cli.progressbar import WatchTimeout, follow, format_summary
 
     try:
         progress, summary = follow(client, req_id, poll_s=args.poll, deadline_s=deadline_s,

@@ -9,8 +9,8 @@ import ssl
 import sys
 from urllib.parse import urlsplit
 
+from prewarm.cli.progressbar import format_summary, watch
 from prewarm.client import PrewarmClient
-from prewarm.progressbar import format_summary, watch
 
 DEMO_POPS = ["ATL56-C1", "SIN2-C1", "DFW55-C3"]
 DEMO_ASSETS = 200  # enough (URL, POP) pairs that the progress bar has something to show
@@ -52,7 +52,7 @@ def edge_x_cache(address: str, url: str, ca_file: str, accept_encoding: str = "g
 
 def run_demo(port: int = 8000) -> int:
     """Run the demo; 0 when the job FINISHED (the planted 404 is expected to fail, and is shown)."""
-    from prewarm.service import start_service, stop_service
+    from prewarm.engine.service import start_service, stop_service
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
 

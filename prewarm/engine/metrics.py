@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ray.util.metrics import Counter, Histogram
 
 if TYPE_CHECKING:  # only a type here: importing progress at run time pulls numpy into every fetcher
-    from prewarm.progress import ResultRow
+    from prewarm.core.results import ResultRow
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 LATENCY_SAMPLES_PER_BATCH = 32

@@ -13,11 +13,11 @@ from typing import Any
 import ray
 from ray import serve
 
-from prewarm.api import build_app
+from prewarm.api.app import build_app
 from prewarm.settings import Settings
 
 APP_NAME = "prewarm"
-log = logging.getLogger("prewarm.service")
+log = logging.getLogger("prewarm.engine.service")
 
 
 def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,

@@ -6,13 +6,10 @@ sockets, and every failure names the field that caused it.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +23,7 @@ from pydantic import (
 )
 
 from prewarm.core.targets import TargetError, expand_targets
+from prewarm.core.validation import HOSTNAME, callback_url_problem, url_problem
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 MAX_TIMEOUT_MINUTES = 24 * 60
@@ -36,15 +34,10 @@ MAX_UNTIL_HIT = 5
 MAX_RPS = 100_000
 MIN_RPS = 0.01  # one request per 100 s; smaller shares would round to "no cap"
 MAX_COLD_PAIRS = 10_000  # listed in a summary; the count is always exact
-HARD_MAX_URL_LENGTH = 8192
 STATUSES = ("IN_PROGRESS", "FINISHED", "TIMEOUT", "FAILED", "STOPPED")
 FINAL_STATUSES = frozenset(STATUSES[1:])
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
-_PLAIN_URL = re.compile(r"https?://([A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?(?:[/?#][^\x00-\x20\x7f]*)?")
 # Headers a caller may not set: they would change where or how the request is framed, not what a viewer sends.
 FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
 
@@ -66,58 +59,6 @@ class InvalidURLs(ValueError):
         more = f" (and {len(urls) - 5} more)" if len(urls) > 5 else ""
         super().__init__(f"{len(urls)} invalid URL(s): {shown}{more}")
         self.urls = urls
-
-
-def url_problem(url: str, max_length: int = HARD_MAX_URL_LENGTH) -> str | None:
-    """Why ``url`` cannot be warmed (or called back), or None when it is an absolute http(s) URL a viewer
-    could fetch.
-
-    The common shape (lower-case scheme, a plain host name or IPv4 address, a port in range) is answered by
-    one regular expression; anything else is parsed (``_parsed_url_problem``). Both give the same verdict
-    (``tests/unit/test_models.py``): ``urlsplit`` was most of the ~27 ms it took to validate 5,000 URLs, on
-    the way to a job's first fetch.
-    """
-    if not url:
-        return "empty"
-    if len(url) > max_length:
-        return f"longer than {max_length} characters"
-    plain = _PLAIN_URL.fullmatch(url)
-    if plain and valid_host(plain[1]) and (plain[2] is None or 0 < int(plain[2]) < 65536):
-        return None
-    return _parsed_url_problem(url)
-
-
-def _parsed_url_problem(url: str) -> str | None:
-    if _CONTROL.search(url):
-        return "contains whitespace or control characters"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https"):
-        return "not an absolute http(s) URL"
-    host = parts.hostname or ""
-    if not host:
-        return "has no host"
-    if port == 0:
-        return "has port 0"
-    if not valid_host(host):
-        return f"invalid host {host!r}"
-    return None
-
-
-@lru_cache(maxsize=4096)
-def valid_host(host: str) -> bool:
-    """An IP address or a DNS host name (labels of letters, digits, ``-`` and ``_``).
-
-    Cached: a job's URLs share a few hosts, and a failed ``ip_address`` (an exception) for each of
-    thousands of URLs was most of the cost of validating a request."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOSTNAME.match(host))
 
 
 def _number(value: Any) -> Any:
@@ -283,7 +224,7 @@ class PrewarmRequest(BaseModel):
         if value is None or value.strip() == "":
             return None
         value = value.strip().rstrip(".").lower()
-        if not _HOSTNAME.match(value) or "." not in value:
+        if not HOSTNAME.match(value) or "." not in value:
             raise ValueError(f"{value!r} is not a domain name")
         return value
 
@@ -334,8 +275,6 @@ class PrewarmRequest(BaseModel):
     def _callback(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from prewarm.net.webhook import callback_url_problem  # webhook imports this module
-
         problem = callback_url_problem(value)
         if problem:
             raise ValueError(problem)

@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 from prewarm import __version__
 from prewarm.api.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
 from prewarm.api.standby import Standby
+from prewarm.aws.cloudfront import distribution_by_alias
 from prewarm.engine.cluster import ON_HEAD, node_counts
 from prewarm.engine.coordinator import start_job
 from prewarm.engine.registry import get_state_actor, kill_coordinator
@@ -210,7 +211,7 @@ class PrewarmIngress:
         else:
             req = validate_prewarm(raw, self.settings)
             try:
-                cf_domain = await find_distribution(self.resolver, req.cf_domain, req.url_list)
+                cf_domain = await find_distribution(self.resolver, req.cf_domain, req.url_list, distribution_by_alias)
             except ValueError as exc:
                 raise RequestError(str(exc)) from None
         if req.callback_url:

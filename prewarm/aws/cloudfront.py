@@ -46,12 +46,6 @@ def client_config() -> Config:
     return Config(connect_timeout=5, read_timeout=30, retries={"mode": "standard", "max_attempts": 5})
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CLIENT_CONFIG":  # the module constant it was before boto3 loaded lazily
-        return client_config()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden"}
 _BAD_CREDENTIALS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
                     "InvalidAccessKeyId", "UnrecognizedClientException", "InvalidToken", "AuthFailure"}
@@ -145,12 +139,6 @@ def aws_errors(action: str) -> Iterator[None]:
         raise
 
 
-def aws_call(action: str, call: Callable[..., Any], **kwargs: Any) -> Any:
-    """Run one AWS call; its failure comes out as a CloudFrontError naming ``action``."""
-    with aws_errors(action):
-        return call(**kwargs)
-
-
 # -- distributions -------------------------------------------------------------------------------
 
 def _distributions(cf: Any) -> Iterator[dict[str, Any]]:
@@ -219,6 +207,14 @@ def alias_matches(alias: str, host: str) -> bool:
         label, _, rest = host.partition(".")
         return bool(label) and rest == alias[2:]
     return alias == host
+
+
+def distribution_by_alias(hosts: list[str]) -> str:
+    """The distribution whose aliases cover ``hosts``, with the default credentials; ValueError if none."""
+    try:
+        return distribution_for_hosts(make_clients()[0], hosts)
+    except CloudFrontError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def distribution_for_hosts(cf: Any, hosts: list[str]) -> str:

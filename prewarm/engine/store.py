@@ -72,10 +72,6 @@ class Store:
                 if column not in have:
                     self._db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
-    @property
-    def enabled(self) -> bool:
-        return self._db is not None
-
     def save_job(self, req_id: str, meta: dict[str, Any], urls: list[str] | None = None,
                  selected: list[Any] | None = None) -> None:
         """Insert or update a job's metadata; ``urls`` (and a retry job's ``selected`` tasks, as large)

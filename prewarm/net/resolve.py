@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -14,7 +15,6 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from prewarm.aws.cloudfront import CloudFrontError, distribution_for_hosts, make_clients
 from prewarm.core.catalog import pop_dns_name
 
 CLOUDFRONT_NAME = re.compile(r"^[a-z0-9]+\.cloudfront\.net$")
@@ -122,11 +122,13 @@ class Resolver:
         return next((n for n in chain if CLOUDFRONT_NAME.match(n)), None)
 
 
-async def find_distribution(resolver: Resolver, cf_domain: str | None, urls: list[str]) -> str:
+async def find_distribution(resolver: Resolver, cf_domain: str | None, urls: list[str],
+                            by_alias: Callable[[list[str]], str]) -> str:
     """The ``<dist>.cloudfront.net`` name to build POP names from; ValueError names the field on failure.
 
     A cloudfront.net ``cf_domain`` is used as is; another name is followed through its CNAME chain;
-    with no ``cf_domain``, the chains of the URLs' hosts must all lead to the same distribution.
+    with no ``cf_domain``, the chains of the URLs' hosts must all lead to the same distribution, or else
+    ``by_alias`` (blocking, run in a thread; ValueError when it finds none) looks the hosts up as aliases.
     """
     if cf_domain:
         if CLOUDFRONT_NAME.match(cf_domain):
@@ -141,8 +143,8 @@ async def find_distribution(resolver: Resolver, cf_domain: str | None, urls: lis
     missing = [h for h, n in zip(hosts, names, strict=True) if not n]
     if missing:
         try:  # the hosts may be a distribution's aliases without a CNAME to it (e.g. Route 53 alias records)
-            return await asyncio.to_thread(_distribution_by_alias, hosts)
-        except (ValueError, CloudFrontError) as exc:
+            return await asyncio.to_thread(by_alias, hosts)
+        except ValueError as exc:
             raise ValueError(f"field 'cf_domain' is absent, the CNAME chain of {missing[:5]} does not lead to a "
                              f"*.cloudfront.net name, and the CloudFront alias lookup failed: {exc}") from None
     distinct = sorted(set(n for n in names if n))
@@ -150,8 +152,3 @@ async def find_distribution(resolver: Resolver, cf_domain: str | None, urls: lis
         raise ValueError(f"field 'cf_domain' is absent and the URLs' hosts lead to several distributions "
                          f"{distinct}: send one request per distribution, or give cf_domain")
     return distinct[0]
-
-
-def _distribution_by_alias(hosts: list[str]) -> str:
-    cf, _ = make_clients()
-    return distribution_for_hosts(cf, hosts)

@@ -29,16 +29,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from prewarm.core.validation import callback_url_problem
 from prewarm.net.popclient import retry_after_seconds
 from prewarm.net.resolve import edge_address_problem
-from prewarm.schema import fmt_time, url_problem
+from prewarm.schema import fmt_time
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Prewarm-Signature"
 SIGNATURE_PREFIX = "sha256="
 USER_AGENT = "cdn-prewarm/0.1"
-MAX_CALLBACK_URL_LENGTH = 2048
 # Statuses that say "try again later" although they are 4xx.
 RETRYABLE_4XX = frozenset({408, 429})
 
@@ -60,20 +60,6 @@ def verify_signature(body: bytes, secret: str, header_value: str | None) -> bool
 
 
 # --- validation and resolution -------------------------------------------------------------------------
-
-def callback_url_problem(url: str) -> str | None:
-    """Why ``url`` is not an acceptable callback URL (syntax only, no DNS), or None.
-
-    Pure, so request validation can reject a bad URL at once; the address rule is checked at
-    delivery time by ``resolve_callback`` because DNS answers change.
-    """
-    if not isinstance(url, str):
-        return "not a string"
-    problem = url_problem(url, MAX_CALLBACK_URL_LENGTH)
-    if problem is None and "@" in urlsplit(url).netloc:
-        problem = "must not contain user info (credentials) before the host"
-    return problem
-
 
 def _host_port(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)

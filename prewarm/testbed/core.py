@@ -32,6 +32,7 @@ import dns.query
 import dns.rcode
 
 import prewarm
+from prewarm.core.catalog import dedupe, load_catalog
 from prewarm.testbed import ca, dnsmasq, edges, net
 from prewarm.testbed.proc import Child, TestbedError, alive, cmdline, find_binary, spawn, tail, terminate
 
@@ -49,12 +50,7 @@ def _catalog() -> dict[str, Any]:
 
 def catalog_pops() -> list[str]:
     """Every POP code in the packaged catalogue's region and country lists, deduplicated, in order."""
-    data = _catalog()
-    pops: list[str] = []
-    for section in ("regions", "countries"):
-        for codes in data.get(section, {}).values():
-            pops.extend(code for code in codes if code not in pops)
-    return pops
+    return load_catalog().all_pops()
 
 
 def catalog_recs() -> dict[str, list[str]]:
@@ -85,14 +81,6 @@ def default_rec_of(pops: Iterable[str], overrides: Mapping[str, str] | None = No
 
 def _airport(pop: str) -> str:
     return re.sub(r"\d.*$", "", pop).upper()
-
-
-def _dedupe(items: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for item in items:
-        if item not in out:
-            out.append(item)
-    return out
 
 
 def _wait(what: str, check: Callable[[], bool], child: Child | None, log: Path | None,
@@ -144,10 +132,10 @@ class Testbed:
                  rec_of: Mapping[str, str] | None = None, origin_shield: str | None = None,
                  server_timing: str = "pragma", cache_errors: bool = False, collapse: bool | None = None,
                  lock_timeout: float = 5.0, error_ttl: int = edges.ERROR_TTL) -> None:
-        self.pops: list[str] = _dedupe([*(catalog_pops() if pops is None else pops), *extra_pops])
-        self.hosts: list[str] = _dedupe(h.lower().rstrip(".") for h in hosts)
+        self.pops: list[str] = dedupe([*(catalog_pops() if pops is None else pops), *extra_pops])
+        self.hosts: list[str] = dedupe(h.lower().rstrip(".") for h in hosts)
         self.distribution = distribution
-        self.two_address_pops: list[str] = _dedupe(two_address_pops)
+        self.two_address_pops: list[str] = dedupe(two_address_pops)
         self.edge_logging = bool(edge_log)
         if not self.pops:
             raise ValueError("a testbed needs at least one POP")
@@ -185,7 +173,7 @@ class Testbed:
             unknown = [p for p, r in self.rec_map.items() if r is None]
             if unknown:
                 raise ValueError(f"no regional edge cache known for POPs {unknown}: name one with rec_of")
-        self.recs: list[str] = _dedupe(r for r in self.rec_map.values() if r) if tiers != "flat" else []
+        self.recs: list[str] = dedupe(r for r in self.rec_map.values() if r) if tiers != "flat" else []
         if len(self.recs) > net.MAX_RECS:
             raise ValueError(f"too many regional edge caches (max {net.MAX_RECS})")
         shield = origin_shield if origin_shield is not None else (
@@ -390,10 +378,6 @@ class Testbed:
         if not path.startswith("/"):
             path = "/" + path
         return f"{scheme}://{host}{path}"
-
-    def pop_hostname(self, pop: str) -> str:
-        """CloudFront's per-POP name of the distribution, e.g. d111111abcdef8.ATL56-C1.cloudfront.net."""
-        return f"{self.distribution}.{pop}.cloudfront.net"
 
     def _origin_call(self, method: str, path: str, body: Any = None) -> Any:
         """JSON call to the origin's control API (http.client: no proxy settings apply)."""

@@ -3,16 +3,14 @@ from itertools import product
 import pytest
 from pydantic import ValidationError
 
+from prewarm.core.validation import _PLAIN_URL, _parsed_url_problem, url_problem
 from prewarm.schema import (
-    _PLAIN_URL,
     InstancesRequest,
     PrewarmRequest,
     RequestError,
-    _parsed_url_problem,
     check_req_id,
     parse_headers,
     request_error,
-    url_problem,
 )
 
 BASE = {

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from prewarm.core.validation import callback_url_problem
 from prewarm.net.webhook import (
     SIGNATURE_HEADER,
     DeliveryStatus,
-    callback_url_problem,
     deliver,
     resolve_callback,
     retry_delay,

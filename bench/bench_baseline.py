@@ -3,93 +3,27 @@
 The aiohttp figure is what one Python process can drive; wrk shows what the edge itself can
 serve. Their ratio tells later benchmarks how much of a measured rate is client overhead.
 
-    python bench/bench_baseline.py                       # own one-POP testbed
-    python bench/bench_baseline.py --state-dir /tmp/prewarm-testbed   # a running 'testbed up'
+    python -m bench.bench_baseline                       # own one-POP testbed
+    python -m bench.bench_baseline --state-dir /tmp/prewarm-testbed   # a running 'testbed up'
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import re
-import shutil
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import aiohttp
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from prewarm.testbed import Testbed, TestbedError
+from bench.common import raw_aiohttp_rps, warm, wrk_rps
+from prewarm.testbed import Testbed
 
 HOST = "www.example.com"
 PATH = "/obj/1kb/bench-baseline"
-_RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
 
 
-async def raw_aiohttp_rps(address: str, host: str, path: str, seconds: float, connections: int = 64) -> float:
-    """Requests/second of ``connections`` keep-alive loops in one aiohttp session (plain HTTP)."""
-    url = f"http://{address}{path}"
-    loop = asyncio.get_running_loop()
-    done = 0
-    failures = 0
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
-    async with aiohttp.ClientSession(connector=connector, headers={"Host": host}) as session:
-        stop_at = loop.time() + seconds
-
-        async def worker() -> None:
-            nonlocal done, failures
-            while loop.time() < stop_at:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        done += 1
-                    else:
-                        failures += 1
-
-        start = loop.time()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = loop.time() - start
-    if failures:
-        raise RuntimeError(f"{failures} non-200 answers from {url}")
-    return done / elapsed
 
 
-def wrk_rps(address: str, host: str, path: str, seconds: float = 10.0, connections: int = 64,
-            threads: int = 2) -> float:
-    """Requests/second that ``wrk -t<threads> -c<connections> -d<seconds>s`` reports."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise RuntimeError("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
-    args = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-H", f"Host: {host}",
-            f"http://{address}{path}"]
-    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
-    if "Non-2xx" in out:
-        raise RuntimeError(f"wrk saw non-2xx answers:\n{out}")
-    m = _RPS_RE.search(out)
-    if m is None:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    return float(m.group(1))
 
 
-def warm(address: str, host: str, path: str) -> None:
-    """GET until the POP answers from cache, so both clients measure hits only."""
-    for _ in range(5):
-        conn = http.client.HTTPConnection(address, 80, timeout=10)
-        try:
-            conn.request("GET", path, headers={"Host": host})
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200 and resp.getheader("X-Cache") == "Hit from cloudfront":
-                return
-        finally:
-            conn.close()
-        time.sleep(0.05)
-    raise TestbedError(f"{path} never became a cache hit at {address}")
 
 
 def main(argv: list[str] | None = None) -> int:

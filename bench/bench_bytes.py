@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -63,10 +62,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import start_run
+from bench.common import start_run, wait_for_standby
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -215,30 +211,8 @@ class ProcWatch:
 # -- the service side ----------------------------------------------------------------------------------
 
 
-def standby_fetchers(namespace: str, timeout_s: float = 10.0) -> dict[int, str]:
-    """pid -> actor name of every ``prewarm-fetcher-...`` actor alive now (the standby's, between jobs)."""
-    import ray
-
-    found: dict[int, str] = {}
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith("prewarm-fetcher-") and a["namespace"] == namespace]
-    for a in names:
-        with contextlib.suppress(Exception):
-            actor = ray.get_actor(a["name"], namespace=a["namespace"])
-            found[int(ray.get(actor.pid.remote(), timeout=timeout_s))] = a["name"]
-    return found
 
 
-def wait_for_standby(namespace: str, want: int, timeout_s: float) -> dict[int, str]:
-    """The standby's fetchers once ``want`` of them answer (or what answered within ``timeout_s``)."""
-    deadline = time.monotonic() + timeout_s
-    found: dict[int, str] = {}
-    while time.monotonic() < deadline:
-        found = standby_fetchers(namespace)
-        if len(found) >= want:
-            return found
-        time.sleep(0.5)
-    return found
 
 
 def busy_window(samples: dict[int, list[tuple[float, float, int]]], t0: float,
@@ -257,7 +231,7 @@ def busy_window(samples: dict[int, list[tuple[float, float, int]]], t0: float,
 def service_run(client: Any, body: dict[str, Any], inbox: Any, namespace: str, nginx: list[int],
                 expected_bytes: int, pause_s: float, period: float, quiet_s: float) -> dict[str, Any]:
     """One timed job; its rate, CPU and every fetcher's RSS samples."""
-    from bench.bench_service import run_job
+    from bench.common import run_job
 
     time.sleep(pause_s)
     fetchers = wait_for_standby(namespace, 2, timeout_s=30)
@@ -657,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = size * n_urls * len(pops)
     start_run("bench.bench_bytes", argv, args.max_minutes)
 
-    from bench.bench_service import WebhookInbox, run_job
+    from bench.common import WebhookInbox, run_job
     from prewarm.client import PrewarmClient
     from prewarm.engine.service import start_service, stop_service
     from prewarm.settings import Settings

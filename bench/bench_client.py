@@ -13,7 +13,7 @@ A third client, the floor, is the least a Python client can do for the same fetc
 count the body by its Content-Length, nothing checked or recorded), under uvloop too: ``PopClient``'s CPU
 over the floor's, measured in the same round, is its own overhead with the machine's mood divided out.
 
-    .venv/bin/python bench/bench_client.py [--state-dir /tmp/prewarm-testbed] [--rounds 3]
+    .venv/bin/python -m bench.bench_client [--state-dir /tmp/prewarm-testbed] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,12 +23,8 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.bench_baseline import raw_aiohttp_rps, warm
+from bench.common import raw_aiohttp_rps, warm
 from prewarm.net.popclient import PopClient
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed

@@ -7,7 +7,7 @@ this process under uvloop, so the machine's mood hits both alike. Each round als
 the machine spent meanwhile: nginx, and Ray's metrics agent (``ray::DashboardAgent``), which replays every
 histogram observation in Python (see ``prewarm.engine.metrics.LATENCY_SAMPLES_PER_BATCH``).
 
-    .venv/bin/python bench/bench_fetcher.py [--urls 5000] [--rounds 4]
+    .venv/bin/python -m bench.bench_fetcher [--urls 5000] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import ray
 
-from bench.bench_service import cpu_spent, process_cpu
+from bench.common import cpu_spent, process_cpu
 from prewarm.engine import fetcher as fetcher_module
 from prewarm.engine.registry import STATE_ACTOR_NAME
 from prewarm.settings import Settings

@@ -1,7 +1,7 @@
 """Load on the running service over loopback: 50 concurrent POSTs, then sustained polling of progress and
 summary while the jobs run. Prints errors, lost jobs and latency percentiles.
 
-    .venv/bin/python bench/bench_load.py [--jobs 50] [--urls 40] [--pollers 8] [--no-standby]
+    .venv/bin/python -m bench.bench_load [--jobs 50] [--urls 40] [--pollers 8] [--no-standby]
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.bench_service import free_port
 from prewarm.client import PrewarmClient
 from prewarm.schema import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
+from prewarm.testbed.net import free_port
 
 POPS = ["IAD89-P1", "SFO5-P1", "FRA56-P4"]
 

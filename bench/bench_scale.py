@@ -6,12 +6,13 @@ progress-endpoint p50/p99 while the job runs, end-to-end fetches per second, and
 report for the job's rows (all rows failed, the worst case for the report). Objects are distinct per task
 row, so the first pass through each POP is a cache miss served by the testbed origin.
 
-    .venv/bin/python bench/bench_scale.py --sizes 1000,10000,100000 --pops 10
+    .venv/bin/python -m bench.bench_scale --sizes 1000,10000,100000 --pops 10
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -20,15 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import contextlib
-
 import ray
 
-from bench.bench_service import POPS, free_port
+from bench.common import POPS
 from prewarm.client import PrewarmClient
 from prewarm.core.report import report_csv
 from prewarm.core.results import TaskTable
@@ -36,6 +31,7 @@ from prewarm.engine.registry import STATE_ACTOR_NAME, coordinator_name
 from prewarm.schema import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
+from prewarm.testbed.net import free_port
 
 
 def hwm_mb(pid: int) -> float:

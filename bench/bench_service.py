@@ -14,7 +14,7 @@ poll on this 2-core machine (proxy, replica, state actor), and even the few poll
 when warming starts cost a job ~0.1 s. ``--timeline`` polls so (0.1 s apart until warming is seen), to print
 the phases and the warming phase's rate; ``--poll-s 0.05`` times the job polled every 50 ms, to its end.
 
-    .venv/bin/python bench/bench_service.py [--urls 5000] [--pops 4] [--compare-persistence] [--compare-verify]
+    .venv/bin/python -m bench.bench_service [--urls 5000] [--pops 4] [--compare-persistence] [--compare-verify]
         [--compare-standby] [--timeline] [--poll-s 0.05] [--cpu] [--env NAME=VALUE ...]
 """
 
@@ -22,118 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.bench_baseline import raw_aiohttp_rps, warm, wrk_rps
+from bench.common import POPS, CpuWatch, WebhookInbox, raw_aiohttp_rps, run_job, warm, wrk_rps
 from prewarm.client import PrewarmClient
-from prewarm.net.webhook import SIGNATURE_HEADER, verify_signature
-from prewarm.schema import FINAL_STATUSES
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
 from prewarm.testbed.net import free_port
-
-POPS = ["IAD89-P1", "SFO5-P1", "FRA56-P4", "NRT51-P2", "SIN2-P1", "LHR61-P3", "DFW56-P1", "CDG50-P1",
-        "SYD1-C1", "GRU1-C2"]
-
-
-class WebhookInbox:
-    """A loopback receiver for job-end webhooks: when each signed summary arrived, by request id."""
-
-    SECRET = "bench-webhook-secret"
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        self._changed = threading.Condition()
-        inbox = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                at = time.perf_counter()
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                ok = verify_signature(body, inbox.SECRET, self.headers.get(SIGNATURE_HEADER))
-                self.send_response(204 if ok else 401)
-                self.end_headers()
-                if ok:
-                    with inbox._changed:
-                        inbox.arrived[json.loads(body)["request_id"]] = at
-                        inbox._changed.notify_all()
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/job-end"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def wait(self, req_id: str, timeout_s: float) -> float | None:
-        """When ``req_id``'s webhook arrived (perf_counter), or None if not within ``timeout_s``."""
-        with self._changed:
-            self._changed.wait_for(lambda: req_id in self.arrived, timeout_s)
-            return self.arrived.get(req_id)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def run_job(client: PrewarmClient, body: dict[str, Any], poll_s: float = 0.05,
-            timeline: list[tuple[float, str]] | None = None,
-            inbox: WebhookInbox | None = None) -> tuple[float, float | None, dict[str, Any]]:
-    """(seconds from POST to the end, tasks per second over the warming phase or None, final progress).
-    ``timeline`` collects (seconds after POST, phase/status) at each change seen by the poll.
-
-    The warming phase's rate counts the tasks finished from the first poll that saw it to the end (the size
-    probe runs the first task of each URL before it).
-
-    With ``inbox`` the job ends when its webhook arrives; it is not polled unless ``timeline`` is asked for,
-    and then 0.1 s apart until warming is seen (the warming rate is None unpolled). Without ``inbox``, the
-    job is polled every ``poll_s`` until its status is final."""
-    t0 = time.perf_counter()
-    req_id = client.prewarm({**body, "callback_url": inbox.url} if inbox else body)["request_id"]
-    warming_at = None
-    done_at_warming = 0
-    last = ""
-    while inbox is None or timeline is not None:
-        progress = client.progress(req_id)
-        now = time.perf_counter()
-        if timeline is not None and (seen := f"{progress['phase']}/{progress['status']}") != last:
-            timeline.append((now - t0, seen))
-            last = seen
-        if warming_at is None and progress["phase"] == "warming":
-            warming_at = now  # a job too short for a poll to see it warming counts whole
-            done_at_warming = progress["download_count"]
-        final = progress["status"] in FINAL_STATUSES
-        if inbox is None and final:
-            return now - t0, warming_rate(progress, done_at_warming, now - (warming_at or t0)), progress
-        if inbox is not None and (final or warming_at is not None):
-            break
-        time.sleep(0.1 if inbox is not None else poll_s)
-    ended = inbox.wait(req_id, timeout_s=body["timeout"] * 60 + 60)
-    if ended is None:
-        raise RuntimeError(f"no job-end webhook for {req_id}")
-    progress = client.progress(req_id)
-    if timeline is None:
-        return ended - t0, None, progress
-    timeline.append((ended - t0, f"webhook/{progress['status']}"))
-    return ended - t0, warming_rate(progress, done_at_warming, ended - (warming_at or t0)), progress
-
-
-def warming_rate(progress: dict[str, Any], done_before: int, seconds: float) -> float:
-    return (progress["download_count"] - done_before) / max(seconds, 1e-9)
 
 
 def per_s(rate: float | None) -> str:
@@ -145,52 +45,10 @@ def cost(rate: float | None, baseline: float | None) -> str:
     return "n/a" if rate is None or baseline is None else f"{(1 - rate / baseline) * 100:.1f}%"
 
 
-def process_cpu(pids: Iterable[str] | None = None) -> dict[str, tuple[str, float]]:
-    """pid -> (process name, CPU seconds so far) of every process on the machine (or of ``pids``), from
-    ``/proc``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    seen: dict[str, tuple[str, float]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")) if pids is None else pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat.rsplit(")", 1)[1].split()
-        seen[pid] = (stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick)
-    return seen
 
 
-class CpuWatch:
-    """What each process spent between ``start`` and ``stop``, including processes that exit before ``stop``
-    (a job's fetchers are killed as it ends): the Ray processes alive at the start are read every 0.1 s, and
-    one that is gone at the end counts what it had spent when last read. A process both started and gone
-    meanwhile is not seen."""
-
-    def __init__(self) -> None:
-        self.before = process_cpu()
-        self._last = dict(self.before)
-        self._ray = [pid for pid, (name, _) in self.before.items() if name.startswith("ray::")]
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._follow, daemon=True)
-        self._thread.start()
-
-    def _follow(self) -> None:
-        while not self._done.wait(0.1):
-            self._last.update(process_cpu(self._ray))
-
-    def stop(self) -> dict[str, float]:
-        """CPU seconds per process name, largest first."""
-        self._done.set()
-        self._thread.join()
-        return cpu_spent(self.before, {**self._last, **process_cpu()})
 
 
-def cpu_spent(before: dict[str, tuple[str, float]], after: dict[str, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds per process name between two ``process_cpu`` snapshots, largest first."""
-    spent: dict[str, float] = {}
-    for pid, (name, cpu) in after.items():
-        spent[name] = spent.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
-    return dict(sorted(((n, c) for n, c in spent.items() if c > 0), key=lambda item: -item[1]))
 
 
 def curl_loop_rps(address: str, urls: list[str], threads: int = 6) -> float:

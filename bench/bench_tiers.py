@@ -44,9 +44,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import start_run
 
 MIB = 1024 * 1024
@@ -95,8 +92,7 @@ def wait_origin_idle(tb: Any, timeout_s: float) -> int:
 
 def measure_job(tb: Any, client: Any, inbox: Any, namespace: str, *, part: str, tiering: str, pops: list[str],
                 paths: list[str], cap: int, timeout_min: int, pause_s: float) -> dict[str, Any]:
-    from bench.bench_bytes import wait_for_standby
-    from bench.bench_service import run_job
+    from bench.common import run_job, wait_for_standby
 
     tb.reset()
     time.sleep(pause_s)
@@ -222,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start_run("bench.bench_tiers", argv, args.max_minutes)
 
-    from bench.bench_service import WebhookInbox, run_job
+    from bench.common import WebhookInbox, run_job
     from prewarm.client import PrewarmClient
     from prewarm.core.catalog import load_catalog
     from prewarm.engine.service import start_service, stop_service

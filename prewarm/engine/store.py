@@ -41,8 +41,8 @@ CREATE TABLE IF NOT EXISTS learnt_recs (
     rec TEXT NOT NULL
 );
 """
-"""``results`` holds a row per task, as stores written before ``result_batches`` did; it is still read. Now a batch
-is one JSON array: an indexed row per task cost the state actor 3.7-6 us of CPU per result, over twice as much."""
+"""``results`` holds a row per task, as stores written before ``result_batches`` did; it is still read. A batch is
+one JSON array because an indexed row per task costs the state actor several times the CPU (BENCHMARKS.md)."""
 
 MIGRATIONS = (("verify_x_cache", "TEXT DEFAULT ''"), ("age", "INTEGER DEFAULT -1"), ("rounds", "INTEGER DEFAULT 0"))
 

@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from prewarm.core.results import is_hit
+from prewarm.schema import TIME_FORMAT
+from prewarm.settings import STATE_ACTOR_NAME, Settings
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-STATE_ACTOR_NAME = "prewarm-state"  # prewarm.engine.registry.STATE_ACTOR_NAME, repeated so importing this needs no Ray
-DEFAULT_NAMESPACE = "prewarm"
+DEFAULT_NAMESPACE = Settings.namespace
 RAY_CALL_TIMEOUT_S = 60.0
 RESULT_COLUMNS = ["url", "pop", "ok", "variant", "address", "status_code", "x_cache", "bytes", "attempts",
                   "elapsed_ms", "error_class", "error_message", "verify_x_cache", "age", "rounds"]
@@ -89,7 +90,7 @@ def jobs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                                      "success_count", "failure_count", "created_at"])
     for column in TIME_COLUMNS:
         if column in frame:
-            frame[column] = pd.to_datetime(frame[column], format="%Y-%m-%d %H:%M:%S.%f", utc=True)
+            frame[column] = pd.to_datetime(frame[column], format=TIME_FORMAT, utc=True)
     return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
 
 

@@ -12,6 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+STATE_ACTOR_NAME = "prewarm-state"
+"""The detached state actor's name in ``Settings.namespace``: the API, the actors and notebooks find it by it."""
+
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}

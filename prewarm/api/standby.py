@@ -1,9 +1,9 @@
 """The standby: the next job's coordinator, and its fetchers, started before the job arrives.
 
-Starting Ray worker processes is most of a small job's time (BENCHMARKS.md, the standby). The API keeps one coordinator started ahead under a request id
-it has not handed out yet; the next POST takes that id and that coordinator. The next standby starts once
-no job runs (or after ``START_WITHIN_S``): starting processes takes CPU from the jobs running. Each
-coordinator and its fetchers still serve exactly one request.
+Starting Ray worker processes is most of a small job's time (BENCHMARKS.md, the standby). The API keeps one
+coordinator started ahead under a request id it has not handed out yet; the next POST takes that id and that
+coordinator. The next standby starts once no job runs (or after ``START_WITHIN_S``): starting processes takes
+CPU from the jobs running. Each coordinator and its fetchers still serve exactly one request.
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ from botocore.config import Config
 from prewarm.aws.cloudfront import (
     CloudFrontError,
     CloudFrontTimeout,
+    batch_paths,
     distribution_for_hosts,
     find_distribution_id,
     invalidate,
+    invalidation_paths,
     make_clients,
     upload_report,
 )
@@ -109,8 +111,6 @@ def created_invalidations(cf: Any, dist_id: str) -> dict[str, list[str]]:
     return {i: cf.get_invalidation(DistributionId=dist_id, Id=i)["Invalidation"]["InvalidationBatch"]["Paths"]
             .get("Items") or [] for i in ids}
 
-
-# -- paths and batches ---------------------------------------------------------------------------
 
 # -- invalidations -------------------------------------------------------------------------------
 

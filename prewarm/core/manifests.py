@@ -1,0 +1,453 @@
+"""What a player fetches from an HLS playlist or a DASH MPD: its child playlists, init segments, keys and segments.
+
+Pure: text in, references out; fetching the manifests is the engine's. HLS is parsed by ``m3u8`` (the library
+players' tooling uses); DASH by the standard XML parser through ``defusedxml`` (an MPD comes from the customer's
+origin: no entity expansion), because SegmentTemplate, SegmentBase and BaseURL inherit down four levels and the
+element tree says that directly. Relative URIs resolve against the manifest's own URL (RFC 3986), as players do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from urllib.parse import urljoin
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as SafeXML
+import m3u8
+
+MPD_NS = "urn:mpeg:dash:schema:mpd:2011"
+MAX_SEGMENTS_PER_RENDITION = 1_000_000
+"""A template whose duration would yield more segments than this is refused: a typo, not a video."""
+
+
+class Kind(StrEnum):
+    """What a reference is to a player; the order players need them in is ``PRIORITY``."""
+
+    PLAYLIST = "playlist"
+    KEY = "key"
+    INIT = "init"
+    SEGMENT = "segment"
+
+
+PRIORITY = {Kind.PLAYLIST: 0, Kind.KEY: 1, Kind.INIT: 1, Kind.SEGMENT: 2}
+
+
+class Format(StrEnum):
+    HLS = "hls"
+    DASH = "dash"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read as what it claims to be; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRef:
+    """One thing to warm: a URL, and the bytes of it a player asks for (``first``-``last`` inclusive, as in Range)."""
+
+    url: str
+    kind: Kind
+    manifest: str
+    rendition: str = ""
+    start_s: float = 0.0
+    byte_range: tuple[int, int] | None = None
+    bandwidth: int | None = None
+
+    def range_header(self) -> str | None:
+        return None if self.byte_range is None else f"bytes={self.byte_range[0]}-{self.byte_range[1]}"
+
+
+@dataclass
+class Expansion:
+    """What one manifest held: media to warm, child playlists to read next, and whether it is live."""
+
+    refs: list[MediaRef] = field(default_factory=list)
+    playlists: list[MediaRef] = field(default_factory=list)
+    live: bool = False
+    target_duration_s: float | None = None
+    left_out: list[str] = field(default_factory=list)  # renditions above the bandwidth cap, by name
+    not_http: list[str] = field(default_factory=list)  # URIs a CDN does not serve (skd:// keys): not warmed
+
+
+def sniff(body: bytes) -> Format | None:
+    """HLS or DASH by what the answer holds (a type header or a suffix can say either and be wrong)."""
+    head = body[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"#EXTM3U"):
+        return Format.HLS
+    if re.search(rb"<(?:\w+:)?MPD[\s>]", head):
+        return Format.DASH
+    return None
+
+
+def expand(fmt: Format, text: str, url: str, max_bandwidth: int | None = None, first_seconds: float = 0.0,
+           now: datetime | None = None) -> Expansion:
+    """The references of one manifest. ``first_seconds`` > 0 keeps the segments that start before it."""
+    if fmt is Format.HLS:
+        return expand_hls(text, url, max_bandwidth, first_seconds)
+    return expand_dash(text, url, max_bandwidth, first_seconds, now or datetime.now(UTC))
+
+
+# -- HLS ------------------------------------------------------------------------------------------------
+
+
+def expand_hls(text: str, url: str, max_bandwidth: int | None = None, first_seconds: float = 0.0,
+               rendition: str = "") -> Expansion:
+    if not text.lstrip("\ufeff \t\r\n").startswith("#EXTM3U"):
+        raise ManifestError("not an HLS playlist: it does not start with #EXTM3U")
+    try:
+        playlist = m3u8.loads(text, uri=url)
+    except Exception as exc:  # the parser raises several types for malformed tags
+        raise ManifestError(f"malformed HLS playlist: {exc}") from None
+    out = Expansion()
+    if playlist.is_variant:
+        _hls_master(playlist, url, max_bandwidth, out)
+        return out
+    out.live = not playlist.is_endlist
+    out.target_duration_s = float(playlist.target_duration) if playlist.target_duration else None
+    start = 0.0
+    next_offset: dict[str, int] = {}  # URI -> where its next BYTERANGE without an offset starts
+    seen: set[tuple[str, tuple[int, int] | None]] = set()
+
+    def add(ref: MediaRef) -> None:
+        if (ref.url, ref.byte_range) not in seen:
+            seen.add((ref.url, ref.byte_range))
+            out.refs.append(ref)
+
+    for segment in playlist.segments:
+        if first_seconds and start >= first_seconds:
+            break
+        if segment.key is not None and segment.key.uri and (segment.key.method or "NONE").upper() != "NONE":
+            key = MediaRef(urljoin(url, segment.key.uri), Kind.KEY, url, rendition, start)
+            if _is_http(key.url):
+                add(key)
+            elif key.url not in out.not_http:
+                out.not_http.append(key.url)
+        if segment.init_section is not None and segment.init_section.uri:
+            init_url = urljoin(url, segment.init_section.uri)
+            add(MediaRef(init_url, Kind.INIT, url, rendition, start,
+                         _hls_range(segment.init_section.byterange, init_url, {})))
+        if not segment.uri:
+            raise ManifestError(f"a segment at {start:g} s has no URI")
+        seg_url = urljoin(url, segment.uri)
+        add(MediaRef(seg_url, Kind.SEGMENT, url, rendition, start, _hls_range(segment.byterange, seg_url, next_offset)))
+        start += float(segment.duration or 0.0)
+    return out
+
+
+def _hls_master(playlist: m3u8.M3U8, url: str, max_bandwidth: int | None, out: Expansion) -> None:
+    for key in playlist.session_keys:
+        if key is not None and key.uri and (key.method or "NONE").upper() != "NONE":
+            _add_key(out, MediaRef(urljoin(url, key.uri), Kind.KEY, url))
+    groups_used: set[str] = set()
+    for variant in playlist.playlists:
+        bandwidth = variant.stream_info.bandwidth
+        name = f"{bandwidth or '?'} b/s {variant.uri}"
+        if max_bandwidth is not None and bandwidth is not None and bandwidth > max_bandwidth:
+            out.left_out.append(name)
+            continue
+        for group in (variant.stream_info.audio, variant.stream_info.subtitles, variant.stream_info.video):
+            if group:
+                groups_used.add(group)
+        out.playlists.append(MediaRef(urljoin(url, variant.uri), Kind.PLAYLIST, url, name, bandwidth=bandwidth))
+    for iframe in playlist.iframe_playlists:
+        bandwidth = iframe.iframe_stream_info.bandwidth
+        name = f"i-frames {bandwidth or '?'} b/s {iframe.uri}"
+        if max_bandwidth is not None and bandwidth is not None and bandwidth > max_bandwidth:
+            out.left_out.append(name)
+            continue
+        out.playlists.append(MediaRef(urljoin(url, iframe.uri), Kind.PLAYLIST, url, name, bandwidth=bandwidth))
+    for media in playlist.media:
+        # A rendition group no kept variant refers to is left out with the variants that did.
+        if media.uri and (not groups_used or media.group_id in groups_used or not playlist.playlists):
+            name = f"{(media.type or '').lower()} {media.group_id}/{media.name}"
+            out.playlists.append(MediaRef(urljoin(url, media.uri), Kind.PLAYLIST, url, name))
+    unique: dict[str, MediaRef] = {}
+    for ref in out.playlists:
+        unique.setdefault(ref.url, ref)
+    out.playlists = list(unique.values())
+
+
+def _is_http(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def _add_key(out: Expansion, ref: MediaRef) -> None:
+    if _is_http(ref.url):
+        out.refs.append(ref)
+    elif ref.url not in out.not_http:
+        out.not_http.append(ref.url)
+
+
+def _hls_range(spec: str | None, url: str, next_offset: dict[str, int]) -> tuple[int, int] | None:
+    """``EXT-X-BYTERANGE:<n>[@<o>]`` as (first, last); without ``@o`` it follows the previous range of ``url``."""
+    if not spec:
+        return None
+    length_text, _, offset_text = str(spec).partition("@")
+    try:
+        length = int(length_text)
+        offset = int(offset_text) if offset_text else next_offset.get(url)
+    except ValueError:
+        raise ManifestError(f"malformed BYTERANGE {spec!r}") from None
+    if offset is None:
+        raise ManifestError(f"BYTERANGE {spec!r} of {url} has no offset and follows no earlier range")
+    if length <= 0 or offset < 0:
+        raise ManifestError(f"BYTERANGE {spec!r} is empty or negative")
+    next_offset[url] = offset + length
+    return offset, offset + length - 1
+
+
+# -- DASH -----------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_TEMPLATE_VAR = re.compile(r"\$(RepresentationID|Number|Time|Bandwidth|)(%0(\d+)[dxX])?\$")
+
+
+def iso_duration(text: str | None) -> float | None:
+    """``PT1H2M3.5S`` (the xs:duration forms MPDs use) in seconds."""
+    if not text:
+        return None
+    m = _DURATION.match(text.strip())
+    if m is None or not any(m.groups()):
+        raise ManifestError(f"malformed duration {text!r}")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def fill_template(template: str, rep_id: str, number: int | None = None, time: int | None = None,
+                  bandwidth: int | None = None) -> str:
+    """A SegmentTemplate ``media``/``initialization`` string with its identifiers replaced (ISO 23009-1 5.3.9.4)."""
+    values = {"RepresentationID": rep_id, "Number": number, "Time": time, "Bandwidth": bandwidth}
+
+    def one(m: re.Match[str]) -> str:
+        name, fmt = m.group(1), m.group(2)
+        if name == "":
+            return "$"
+        value = values[name]
+        if value is None:
+            raise ManifestError(f"template {template!r} uses ${name}$, which this representation has no value for")
+        if fmt and name != "RepresentationID":
+            return format(int(value), fmt[1:])
+        return str(value)
+
+    return _TEMPLATE_VAR.sub(one, template)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(elem: Element, name: str) -> list[Element]:
+    return [c for c in elem if _local(c.tag) == name]
+
+
+def _child(elem: Element | None, name: str) -> Element | None:
+    if elem is None:
+        return None
+    found = _children(elem, name)
+    return found[0] if found else None
+
+
+def _base(url: str, elem: Element) -> str:
+    """The BaseURL of ``elem`` resolved against ``url`` (the first one: players start with it)."""
+    base = _child(elem, "BaseURL")
+    return urljoin(url, base.text.strip()) if base is not None and base.text and base.text.strip() else url
+
+
+def _merged(levels: Iterable[Element | None], name: str) -> dict[str, str] | None:
+    """The attributes of ``name`` (SegmentTemplate, SegmentBase...) inherited down the levels, lowest winning."""
+    merged: dict[str, str] | None = None
+    for level in levels:
+        found = _child(level, name)
+        if found is not None:
+            merged = {**(merged or {}), **found.attrib}
+    return merged
+
+
+def _range(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    first, _, last = text.partition("-")
+    try:
+        pair = int(first), int(last)
+    except ValueError:
+        raise ManifestError(f"malformed byte range {text!r}") from None
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise ManifestError(f"byte range {text!r} is empty or reversed")
+    return pair
+
+
+def expand_dash(text: str, url: str, max_bandwidth: int | None = None, first_seconds: float = 0.0,
+                now: datetime | None = None) -> Expansion:
+    try:
+        root = SafeXML.fromstring(text.encode() if isinstance(text, str) else text)
+    except Exception as exc:  # ParseError, or defusedxml refusing entities
+        raise ManifestError(f"malformed MPD: {exc}") from None
+    if _local(root.tag) != "MPD":
+        raise ManifestError(f"not an MPD: the root element is {_local(root.tag)!r}")
+    out = Expansion(live=root.get("type", "static") == "dynamic")
+    total = iso_duration(root.get("mediaPresentationDuration"))
+    mpd_base = _base(url, root)
+    periods = _children(root, "Period")
+    if not periods:
+        raise ManifestError("the MPD has no Period")
+    period_start = 0.0
+    for index, period in enumerate(periods):
+        period_start = iso_duration(period.get("start")) if period.get("start") else period_start
+        duration = iso_duration(period.get("duration"))
+        if duration is None:
+            following = periods[index + 1].get("start") if index + 1 < len(periods) else None
+            if following:
+                duration = (iso_duration(following) or 0.0) - period_start
+            elif total is not None:
+                duration = total - period_start
+        _dash_period(period, url, _base(mpd_base, period), period_start, duration, max_bandwidth, first_seconds,
+                     root, now, out)
+        period_start += duration or 0.0
+    return out
+
+
+def _dash_period(period: Element, url: str, base: str, start: float, duration: float | None,
+                 max_bandwidth: int | None, first_seconds: float, root: Element, now: datetime | None,
+                 out: Expansion) -> None:
+    for aset in _children(period, "AdaptationSet"):
+        aset_base = _base(base, aset)
+        for rep in _children(aset, "Representation"):
+            rep_id = rep.get("id", "")
+            bandwidth = int(rep.get("bandwidth")) if rep.get("bandwidth", "").isdigit() else None
+            name = f"{aset.get('contentType') or aset.get('mimeType') or rep.get('mimeType') or 'media'} {rep_id}"
+            if max_bandwidth is not None and bandwidth is not None and bandwidth > max_bandwidth:
+                out.left_out.append(f"{name} ({bandwidth} b/s)")
+                continue
+            rep_base = _base(aset_base, rep)
+            ref = MediaRef(rep_base, Kind.SEGMENT, url, name, start, bandwidth=bandwidth)
+            levels = (period, aset, rep)
+            template = _merged(levels, "SegmentTemplate")
+            if template is not None:
+                timeline = next((_child(_child(level, "SegmentTemplate"), "SegmentTimeline")
+                                 for level in reversed(levels) if _child(_child(level, "SegmentTemplate"),
+                                                                          "SegmentTimeline") is not None), None)
+                out.refs.extend(_from_template(template, timeline, ref, rep_id, duration, first_seconds, root, now))
+                continue
+            seg_list = next((_child(level, "SegmentList") for level in reversed(levels)
+                             if _child(level, "SegmentList") is not None), None)
+            if seg_list is not None:
+                out.refs.extend(_from_list(seg_list, ref, first_seconds))
+                continue
+            seg_base = _merged(levels, "SegmentBase")
+            init = next((_child(_child(level, "SegmentBase"), "Initialization") for level in reversed(levels)
+                         if _child(_child(level, "SegmentBase"), "Initialization") is not None), None)
+            if seg_base is not None or init is not None:
+                out.refs.extend(_from_base(seg_base or {}, init, ref))
+            else:  # a single file per representation: the player reads it whole
+                out.refs.append(ref)
+
+
+def _from_template(attrs: dict[str, str], timeline: Element | None, ref: MediaRef, rep_id: str,
+                   period_s: float | None, first_seconds: float, root: Element, now: datetime | None) -> list[MediaRef]:
+    refs: list[MediaRef] = []
+    timescale = int(attrs.get("timescale", "1"))
+    number = int(attrs.get("startNumber", "1"))
+    if attrs.get("initialization"):
+        refs.append(replace(ref, url=urljoin(ref.url, fill_template(attrs["initialization"], rep_id,
+                                                                    bandwidth=ref.bandwidth)), kind=Kind.INIT))
+    media = attrs.get("media")
+    if not media:
+        return refs
+    offset = int(attrs.get("presentationTimeOffset", "0"))
+
+    def segment(num: int, time: int) -> MediaRef:
+        return replace(ref, url=urljoin(ref.url, fill_template(media, rep_id, num, time, ref.bandwidth)),
+                       start_s=ref.start_s + (time - offset) / timescale)
+
+    if timeline is not None:
+        time = None
+        for s in _children(timeline, "S"):
+            time = int(s.get("t")) if s.get("t") is not None else (time or offset)
+            d = int(s.get("d", "0"))
+            if d <= 0:
+                raise ManifestError(f"SegmentTimeline entry without a positive d in representation {rep_id!r}")
+            repeat = int(s.get("r", "0"))
+            if repeat < 0:  # to the end of the period (or of what is there, live)
+                end = offset + (period_s or 0.0) * timescale
+                repeat = max(0, math.ceil((end - time) / d) - 1)
+            for _ in range(repeat + 1):
+                if first_seconds and (time - offset) / timescale >= first_seconds:
+                    return refs
+                refs.append(segment(number, time))
+                number += 1
+                time += d
+        return refs
+    seg_duration = int(attrs.get("duration", "0"))
+    if seg_duration <= 0:
+        raise ManifestError(f"SegmentTemplate of {rep_id!r} has neither a SegmentTimeline nor a duration")
+    length_s = seg_duration / timescale
+    if root.get("type") == "dynamic" and now is not None and root.get("availabilityStartTime"):
+        # Live: the segments available now, within the time-shift window.
+        started = datetime.fromisoformat(root.get("availabilityStartTime", "").replace("Z", "+00:00"))
+        elapsed = (now - started).total_seconds() - ref.start_s
+        window = iso_duration(root.get("timeShiftBufferDepth")) or elapsed
+        last = int(elapsed // length_s) - 1
+        first = max(0, last - int(window // length_s) + 1)
+        indices: Iterable[int] = range(first, last + 1)
+    else:
+        if period_s is None:
+            raise ManifestError(f"SegmentTemplate of {rep_id!r} has a duration but the period's length is unknown")
+        count = math.ceil(period_s / length_s - 1e-9)
+        if count > MAX_SEGMENTS_PER_RENDITION:
+            raise ManifestError(f"representation {rep_id!r} would have {count:,} segments")
+        indices = range(count)
+    for i in indices:
+        if first_seconds and i * length_s >= first_seconds:
+            break
+        refs.append(segment(number + i, offset + i * seg_duration))
+    return refs
+
+
+def _from_list(seg_list: Element, ref: MediaRef, first_seconds: float) -> list[MediaRef]:
+    refs: list[MediaRef] = []
+    init = _child(seg_list, "Initialization")
+    if init is not None:
+        refs.append(replace(ref, url=urljoin(ref.url, init.get("sourceURL", "")) if init.get("sourceURL") else ref.url,
+                            kind=Kind.INIT, byte_range=_range(init.get("range"))))
+    timescale = int(seg_list.get("timescale", "1"))
+    length_s = int(seg_list.get("duration", "0")) / timescale
+    for i, item in enumerate(_children(seg_list, "SegmentURL")):
+        start = i * length_s
+        if first_seconds and length_s and start >= first_seconds:
+            break
+        target = urljoin(ref.url, item.get("media")) if item.get("media") else ref.url
+        refs.append(replace(ref, url=target, start_s=ref.start_s + start, byte_range=_range(item.get("mediaRange"))))
+    return refs
+
+
+def _from_base(attrs: dict[str, str], init: Element | None, ref: MediaRef) -> list[MediaRef]:
+    """SegmentBase: one file; a player reads the init range, the index (sidx) range, then media by range from it.
+    The media ranges are inside the index, which only the file holds: the whole file is warmed after them."""
+    refs: list[MediaRef] = []
+    if init is not None:
+        target = urljoin(ref.url, init.get("sourceURL")) if init.get("sourceURL") else ref.url
+        refs.append(replace(ref, url=target, kind=Kind.INIT, byte_range=_range(init.get("range"))))
+    if attrs.get("indexRange"):
+        refs.append(replace(ref, kind=Kind.INIT, byte_range=_range(attrs["indexRange"])))
+    refs.append(ref)
+    return refs
+
+
+# -- order ----------------------------------------------------------------------------------------------
+
+
+def player_order(refs: Iterable[MediaRef]) -> list[MediaRef]:
+    """What a player needs first, first: keys and init segments of every rendition, then segments by their start
+    time across renditions (every rendition's first seconds before any rendition's later ones); no duplicates."""
+    seen: set[tuple[str, tuple[int, int] | None]] = set()
+    unique = []
+    for ref in refs:
+        if (ref.url, ref.byte_range) not in seen:
+            seen.add((ref.url, ref.byte_range))
+            unique.append(ref)
+    return sorted(unique, key=lambda r: (PRIORITY[r.kind], r.start_s if r.kind is Kind.SEGMENT else 0.0))

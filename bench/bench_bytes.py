@@ -632,8 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     start_run("bench.bench_bytes", argv, args.max_minutes)
 
     from bench.common import WebhookInbox, run_job
+    from prewarm.api.service import start_service, stop_service
     from prewarm.client import PrewarmClient
-    from prewarm.engine.service import start_service, stop_service
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
     from prewarm.testbed.net import free_port

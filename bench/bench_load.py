@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-standby", action="store_true", help="PREWARM_STANDBY=0: every job starts its processes")
     args = ap.parse_args(argv)
 
-    from prewarm.engine.service import start_service, stop_service
+    from prewarm.api.service import start_service, stop_service
 
     with Testbed(pops=POPS) as tb:
         env = {**tb.env(), "PREWARM_STANDBY": "0" if args.no_standby else "1"}

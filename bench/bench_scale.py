@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     pops = POPS[: args.pops]
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    from prewarm.engine.service import start_service, stop_service
+    from prewarm.api.service import start_service, stop_service
 
     with Testbed(pops=pops) as tb:
         settings = Settings.from_env({**tb.env(), "PREWARM_MAX_URLS": str(max(sizes)),

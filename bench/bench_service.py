@@ -81,7 +81,7 @@ def measure(tb: Testbed, pops: list[str], n_urls: int, persist: bool, fetchers_p
     timed job starts after ``pause_s`` of rest, as a job on a service at rest would (with ``standby``, the next
     job's processes have started by then).
     A timed job ends at its webhook, or with ``poll_s`` at the first poll (that often) that sees it final."""
-    from prewarm.engine.service import start_service, stop_service
+    from prewarm.api.service import start_service, stop_service
 
     env = {**tb.env(), "PREWARM_MAX_URLS": str(max(n_urls, 100_000)), "PREWARM_PERSIST": "1" if persist else "0",
            "PREWARM_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-"),

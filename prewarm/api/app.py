@@ -18,12 +18,12 @@ from ray.serve.deployment import Application
 from starlette.background import BackgroundTask
 
 from prewarm import __version__
-from prewarm.api.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
 from prewarm.api.standby import Standby
 from prewarm.aws.cloudfront import distribution_by_alias
+from prewarm.core.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
 from prewarm.engine.cluster import ON_HEAD, node_counts
 from prewarm.engine.coordinator import start_job
-from prewarm.engine.registry import get_state_actor, kill_coordinator
+from prewarm.engine.registry import kill_coordinator
 from prewarm.net.resolve import Resolver, find_distribution
 from prewarm.net.webhook import resolve_callback
 from prewarm.schema import (
@@ -183,7 +183,9 @@ class PrewarmIngress:
     def __init__(self, settings: Settings) -> None:
         set_api_keys(settings.api_keys)
         self.settings = settings
-        self.state = get_state_actor(settings)
+        from prewarm.engine.state import ensure_state_actor  # this process creates it: the others only find it
+
+        self.state = ensure_state_actor(settings)
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)
         self._streams = 0  # open GET /prewarm/events streams (at most MAX_EVENT_STREAMS)
         self.standby = Standby(settings) if settings.standby else None

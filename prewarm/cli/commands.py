@@ -31,7 +31,7 @@ class UsageError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prewarm.engine.service import start_service, stop_service
+    from prewarm.api.service import start_service, stop_service
     from prewarm.settings import Settings
 
     stop = threading.Event()

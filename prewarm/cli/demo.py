@@ -52,7 +52,7 @@ def edge_x_cache(address: str, url: str, ca_file: str, accept_encoding: str = "g
 
 def run_demo(port: int = 8000) -> int:
     """Run the demo; 0 when the job FINISHED (the planted 404 is expected to fail, and is shown)."""
-    from prewarm.engine.service import start_service, stop_service
+    from prewarm.api.service import start_service, stop_service
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
 

@@ -376,7 +376,7 @@ def _from_template(attrs: dict[str, str], timeline: Element | None, ref: MediaRe
                 end = offset + (period_s or 0.0) * timescale
                 repeat = max(0, math.ceil((end - time) / d) - 1)
             for _ in range(repeat + 1):
-                if first_seconds and (time - offset) / timescale >= first_seconds:
+                if first_seconds and ref.start_s + (time - offset) / timescale >= first_seconds:
                     return refs
                 refs.append(segment(number, time))
                 number += 1
@@ -386,8 +386,9 @@ def _from_template(attrs: dict[str, str], timeline: Element | None, ref: MediaRe
     if seg_duration <= 0:
         raise ManifestError(f"SegmentTemplate of {rep_id!r} has neither a SegmentTimeline nor a duration")
     length_s = seg_duration / timescale
-    if root.get("type") == "dynamic" and now is not None and root.get("availabilityStartTime"):
-        # Live: the segments available now, within the time-shift window.
+    live = root.get("type") == "dynamic" and now is not None and bool(root.get("availabilityStartTime"))
+    if live:
+        # Live: the segments available now, within the time-shift window (all of them: the window is the start).
         started = datetime.fromisoformat(root.get("availabilityStartTime", "").replace("Z", "+00:00"))
         elapsed = (now - started).total_seconds() - ref.start_s
         window = iso_duration(root.get("timeShiftBufferDepth")) or elapsed
@@ -402,7 +403,7 @@ def _from_template(attrs: dict[str, str], timeline: Element | None, ref: MediaRe
             raise ManifestError(f"representation {rep_id!r} would have {count:,} segments")
         indices = range(count)
     for i in indices:
-        if first_seconds and i * length_s >= first_seconds:
+        if first_seconds and not live and ref.start_s + i * length_s >= first_seconds:
             break
         refs.append(segment(number + i, offset + i * seg_duration))
     return refs
@@ -418,7 +419,7 @@ def _from_list(seg_list: Element, ref: MediaRef, first_seconds: float) -> list[M
     length_s = int(seg_list.get("duration", "0")) / timescale
     for i, item in enumerate(_children(seg_list, "SegmentURL")):
         start = i * length_s
-        if first_seconds and length_s and start >= first_seconds:
+        if first_seconds and length_s and ref.start_s + start >= first_seconds:
             break
         target = urljoin(ref.url, item.get("media")) if item.get("media") else ref.url
         refs.append(replace(ref, url=target, start_s=ref.start_s + start, byte_range=_range(item.get("mediaRange"))))

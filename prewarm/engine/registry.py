@@ -6,14 +6,9 @@ not load pandas and boto3 just to look up a handle: that keeps a job's actor sta
 
 from __future__ import annotations
 
-from typing import Any
-
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from prewarm.settings import Settings
-
-STATE_ACTOR_NAME = "prewarm-state"
+from prewarm.settings import STATE_ACTOR_NAME, Settings
 
 
 def head_node_id() -> str | None:
@@ -24,21 +19,8 @@ def head_node_id() -> str | None:
 
 
 def get_state_actor(settings: Settings) -> ray.actor.ActorHandle:
-    """The cluster's state actor, created on the head node on first use (detached: it outlives us)."""
-    namespace = settings.namespace
-    try:
-        return ray.get_actor(STATE_ACTOR_NAME, namespace=namespace)
-    except ValueError:
-        pass
-    options: dict[str, Any] = {
-        "name": STATE_ACTOR_NAME, "namespace": namespace, "lifetime": "detached", "get_if_exists": True,
-    }
-    head = head_node_id()
-    if head is not None:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
-    from prewarm.engine.state import StateActor  # only the first caller on a cluster creates it
-
-    return StateActor.options(**options).remote(settings)
+    """The cluster's state actor, which the API created (``engine.state.ensure_state_actor``)."""
+    return ray.get_actor(STATE_ACTOR_NAME, namespace=settings.namespace)
 
 
 def coordinator_alive(req_id: str, namespace: str) -> bool:

@@ -23,16 +23,17 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from prewarm.aws.cloudfront import CloudFrontError, make_clients, report_url, upload_report
 from prewarm.core.report import cold_pairs, pop_table, report_csv, results_frame
 from prewarm.core.results import ResultRow, TaskTable, counts, percentage
 from prewarm.engine.cluster import combined_ask, request_fetcher_nodes
-from prewarm.engine.registry import coordinator_alive, kill_coordinator
+from prewarm.engine.registry import coordinator_alive, get_state_actor, head_node_id, kill_coordinator
 from prewarm.engine.store import Store
 from prewarm.net.webhook import DeliveryStatus, deliver
 from prewarm.schema import FINAL_STATUSES, MAX_COLD_PAIRS, fmt_time, utcnow, variant_label
-from prewarm.settings import Settings
+from prewarm.settings import STATE_ACTOR_NAME, Settings
 
 T = TypeVar("T")
 log = logging.getLogger("prewarm.engine.state")
@@ -608,7 +609,7 @@ class State:
         Running jobs are refreshed first (a dead coordinator or a passed deadline closes them), so the
         status filter sees what a progress read would; only the selected jobs get a progress body.
         """
-        from prewarm.api.events import select_jobs  # local: this method is the only user
+        from prewarm.core.events import select_jobs  # local: this method is the only user
 
         self._running()
         chosen = select_jobs(list(self.jobs.values()), status, limit, since)
@@ -656,3 +657,18 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
 # Restarted after a crash (it reloads from the store), and calls in flight are retried against the new
 # process: a result batch is applied once, since finished tasks ignore repeats.
 StateActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4)(State)
+
+
+def ensure_state_actor(settings: Settings) -> ray.actor.ActorHandle:
+    """The cluster's state actor, created on the head node if it is not there yet (detached: it outlives us).
+    Only its creators import this module; every other part finds the actor through ``engine.registry``."""
+    try:
+        return get_state_actor(settings)
+    except ValueError:
+        pass
+    options: dict[str, Any] = {"name": STATE_ACTOR_NAME, "namespace": settings.namespace, "lifetime": "detached",
+                               "get_if_exists": True}
+    head = head_node_id()
+    if head is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
+    return StateActor.options(**options).remote(settings)

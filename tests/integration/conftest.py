@@ -51,7 +51,7 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 
 def serve_on_free_port(settings: Settings, **kwargs: Any) -> str:
     """start_service on a free port, trying another if something took it between the check and the bind."""
-    from prewarm.engine.service import start_service
+    from prewarm.api.service import start_service
 
     for attempt in range(3):
         try:
@@ -65,7 +65,7 @@ def serve_on_free_port(settings: Settings, **kwargs: Any) -> str:
 @contextmanager
 def running_service(testbed: Testbed, **extra: str) -> Iterator[tuple[PrewarmClient, Settings]]:
     """The whole service on a local Ray cluster, pointed at ``testbed``, with ``extra`` PREWARM_* settings."""
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     settings = service_settings(testbed, **extra)
     base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)

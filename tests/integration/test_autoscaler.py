@@ -160,7 +160,7 @@ def test_request_fetcher_nodes_scales_up_holds_and_releases(autoscaling_cluster:
 
 def test_desired_capacity_scales_fetcher_nodes_up_and_down(autoscaling_cluster: str, cdn: Testbed) -> None:
     """The same path through the API: POST /instances, a job on the new nodes, scale back to zero."""
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     base = serve_on_free_port(service_settings(cdn), address=autoscaling_cluster)
     try:

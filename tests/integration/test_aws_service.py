@@ -57,7 +57,7 @@ def edge(aws: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def api(aws: dict[str, Any], edge: Testbed) -> Iterator[PrewarmClient]:
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     settings = service_settings(edge, PREWARM_REPORT_BUCKET=BUCKET, PREWARM_REPORT_PREFIX="runs/")
     base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)

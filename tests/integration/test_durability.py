@@ -28,7 +28,7 @@ def settings(cdn: Testbed) -> Settings:
 @pytest.fixture
 def running(settings: Settings) -> Iterator[PrewarmClient]:
     """The service on a fresh local Ray cluster for each test (one test restarts the cluster itself)."""
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)
     try:
@@ -96,7 +96,7 @@ def test_serve_replica_or_proxy_killed_mid_job(running: PrewarmClient, cdn: Test
 
 
 def test_whole_cluster_restart_keeps_finished_jobs_and_fails_running_ones(cdn: Testbed, settings: Settings) -> None:
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     cdn.reset()
     base = serve_on_free_port(settings, ray_init_kwargs=RAY_TEST_KWARGS)

@@ -42,7 +42,7 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, cdn: Testbed) -> Iterator[tuple[PrewarmClient, str]]:
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     settings = service_settings(cdn, PREWARM_FETCHERS_PER_NODE="1")
     base = serve_on_free_port(settings, address=cluster.address)

@@ -17,7 +17,7 @@ from .conftest import RAY_TEST_KWARGS, free_port, request_body, serve_on_free_po
 
 @pytest.fixture(scope="module")
 def metered(cdn: Testbed) -> Iterator[tuple[PrewarmClient, int]]:
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     port = free_port()
     base = serve_on_free_port(service_settings(cdn), ray_init_kwargs={**RAY_TEST_KWARGS, "_metrics_export_port": port})

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from prewarm.api.service import start_service, stop_service
 from prewarm.client import ApiError, PrewarmClient
-from prewarm.engine.service import start_service, stop_service
 from prewarm.net.resolve import Resolver
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed

@@ -37,7 +37,7 @@ SILENCE_S = 4.0
 
 @pytest.fixture(scope="module")
 def served(cdn: Testbed) -> Iterator[tuple[PrewarmClient, Settings]]:
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     # A short silence limit: jobs here must keep their coordinator's heartbeat through long quiet phases.
     settings = service_settings(cdn, PREWARM_COORDINATOR_SILENCE_TIMEOUT=str(SILENCE_S), PREWARM_FETCH_TIMEOUT="10")

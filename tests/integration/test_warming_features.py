@@ -31,7 +31,7 @@ NAMESPACE: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def service(cdn: Testbed) -> Iterator[PrewarmClient]:
     """The service with a webhook secret and a short webhook back-off, so a retried delivery is quick."""
-    from prewarm.engine.service import stop_service
+    from prewarm.api.service import stop_service
 
     settings = service_settings(cdn, PREWARM_WEBHOOK_SECRET=SECRET, PREWARM_WEBHOOK_BACKOFF_BASE="0.2")
     NAMESPACE["name"] = settings.namespace

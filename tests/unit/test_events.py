@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from prewarm.api.events import (
+from prewarm.cli.commands import format_jobs
+from prewarm.client import KEEP_ALIVE_EVENT, iter_sse
+from prewarm.core.events import (
     DEFAULT_JOBS_LIMIT,
     KEEP_ALIVE,
     MAX_JOBS_LIMIT,
@@ -21,8 +23,6 @@ from prewarm.api.events import (
     select_jobs,
     sse_frame,
 )
-from prewarm.cli.commands import format_jobs
-from prewarm.client import KEEP_ALIVE_EVENT, iter_sse
 
 
 def test_sse_frame_is_one_message_of_compact_json() -> None:

@@ -17,7 +17,7 @@ from prewarm.api.app import build_app
 from prewarm.settings import Settings
 
 APP_NAME = "prewarm"
-log = logging.getLogger("prewarm.engine.service")
+log = logging.getLogger("prewarm.api.service")
 
 
 def start_service(settings: Settings, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,

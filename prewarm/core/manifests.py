@@ -109,6 +109,8 @@ def expand_hls(text: str, url: str, max_bandwidth: int | None = None, first_seco
         return out
     out.live = not playlist.is_endlist
     out.target_duration_s = float(playlist.target_duration) if playlist.target_duration else None
+    if out.live:
+        first_seconds = 0.0  # a live window is where viewers start: all of it
     start = 0.0
     next_offset: dict[str, int] = {}  # URI -> where its next BYTERANGE without an offset starts
     seen: set[tuple[str, tuple[int, int] | None]] = set()

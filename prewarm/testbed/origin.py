@@ -21,6 +21,8 @@ Paths (``...`` is the rest of the path, parsed again, so faults can be chained):
     /fault/fail-first/<n>/<code>/...   answer <code> to the first n requests of that path
                                        from each edge, then go on with ``...``
     /fault/nocache/...                 200 with ``Cache-Control: no-store``
+    GET/HEAD /media/...                 generated HLS and DASH, VOD and live, and broken manifests
+                                       (``prewarm.testbed.media``: its paths, and the exact set a player fetches)
     /fault/max-age/<s>/...             answer with ``Cache-Control: max-age=<s>`` (an error answer too, so a
                                        test sets how long an edge caches it, e.g.
                                        /fault/max-age/30/fault/status/503/obj/1kb/x; no-store still wins)
@@ -90,6 +92,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from prewarm.testbed import media
+
 EDGE_HEADER = "X-Edge-Pop"
 REC_HEADER = "X-Edge-Rec"
 SHIELD_HEADER = "X-Edge-Shield"
@@ -138,6 +142,7 @@ class Plan:
     body: bytes | None = None
     not_found: bool = False
     max_age: int | None = None
+    content_type: str | None = None
 
 
 @dataclass
@@ -392,6 +397,16 @@ class Origin:
                 self._apply_rule(rule, plan)
                 break
         segs = [s for s in path.split("/") if s]
+        if segs and segs[0] == "media":
+            found = media.answer(path)
+            if found is None:
+                plan.not_found = True
+                return plan
+            plan.body, plan.content_type = found
+            plan.name, plan.size, plan.is_object = path + ":" + hashlib.sha1(found[0]).hexdigest(), len(found[0]), True
+            if media.is_live_manifest(path) and plan.max_age is None:
+                plan.max_age = 1
+            return plan
         if not segs or segs[0] not in ("obj", "fault"):
             plan.not_found = True
             return plan
@@ -548,7 +563,7 @@ class Origin:
         status = plan.status
         if 200 <= plan.status < 300:
             body = plan.body if plan.body is not None else object_bytes(plan.name, plan.size)
-            ctype = mimetypes.guess_type(plan.name)[0] or "application/octet-stream"
+            ctype = plan.content_type or mimetypes.guess_type(plan.name)[0] or "application/octet-stream"
             etag = object_etag(plan.name, plan.size)
             headers["ETag"] = etag
             headers["Cache-Control"] = "no-store" if plan.nocache else CACHEABLE

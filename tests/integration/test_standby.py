@@ -23,7 +23,8 @@ from prewarm.api import standby as standby_module
 from prewarm.api.standby import Standby
 from prewarm.client import ApiError, PrewarmClient
 from prewarm.engine.coordinator import CoordinatorActor, create_coordinator
-from prewarm.engine.registry import coordinator_name, get_state_actor
+from prewarm.engine.registry import coordinator_name
+from prewarm.engine.state import ensure_state_actor
 from prewarm.schema import utcnow
 from prewarm.settings import Settings
 from prewarm.testbed import Testbed
@@ -124,6 +125,7 @@ def test_a_stale_standby_is_replaced_and_close_removes_it(served: tuple[PrewarmC
     monkeypatch.setattr(standby_module, "REPLACE_AFTER_S", 3.0)
     monkeypatch.setattr(standby_module, "CHECK_EVERY_S", 0.2)
     monkeypatch.setattr(standby_module, "START_WITHIN_S", 1.0)
+    ensure_state_actor(settings)  # the API creates it before its standby asks it whether jobs run
     keeper = Standby(settings)
     try:
         (first,) = wait_for("a standby", lambda: standby_ids(settings.namespace))
@@ -151,7 +153,7 @@ def test_a_job_whose_coordinator_never_starts_fails_with_a_reason(served: tuple[
     _, service = served
     settings = dataclasses.replace(service, namespace=f"{service.namespace}-unstarted", coordinator_silence_s=3.0,
                                    persist=False)
-    state = get_state_actor(settings)
+    state = ensure_state_actor(settings)  # as the API does: the other parts only find it
     req_id = str(uuid.uuid4())
     CoordinatorActor.options(name=coordinator_name(req_id), namespace=settings.namespace, lifetime="detached",
                              resources={"no-such-node": 1}).remote(req_id, settings)
@@ -176,7 +178,7 @@ def test_a_silent_job_nobody_polls_does_not_hold_its_admission_slot(served: tupl
     _, service = served
     settings = dataclasses.replace(service, namespace=f"{service.namespace}-slot", coordinator_silence_s=3.0,
                                    max_active_jobs=1, persist=False)
-    state = get_state_actor(settings)
+    state = ensure_state_actor(settings)  # as the API does: the other parts only find it
     silent, queued = str(uuid.uuid4()), str(uuid.uuid4())
     now, later = utcnow(), utcnow() + timedelta(minutes=10)
     request = request_body(["https://www.example.com/obj/1kb/slot"], timeout=10)

@@ -72,6 +72,16 @@ class Expansion:
     target_duration_s: float | None = None
     left_out: list[str] = field(default_factory=list)  # renditions above the bandwidth cap, by name
     not_http: list[str] = field(default_factory=list)  # URIs a CDN does not serve (skd:// keys): not warmed
+    _seen: set[tuple[str, tuple[int, int] | None]] = field(default_factory=set, repr=False)
+
+    def add(self, ref: MediaRef) -> None:
+        """Keep ``ref`` once (a key or init segment shared by segments is fetched once); name a non-HTTP URI."""
+        if not ref.url.lower().startswith(("http://", "https://")):
+            if ref.url not in self.not_http:
+                self.not_http.append(ref.url)
+        elif (ref.url, ref.byte_range) not in self._seen:
+            self._seen.add((ref.url, ref.byte_range))
+            self.refs.append(ref)
 
 
 def sniff(body: bytes) -> Format | None:
@@ -113,30 +123,20 @@ def expand_hls(text: str, url: str, max_bandwidth: int | None = None, first_seco
         first_seconds = 0.0  # a live window is where viewers start: all of it
     start = 0.0
     next_offset: dict[str, int] = {}  # URI -> where its next BYTERANGE without an offset starts
-    seen: set[tuple[str, tuple[int, int] | None]] = set()
-
-    def add(ref: MediaRef) -> None:
-        if (ref.url, ref.byte_range) not in seen:
-            seen.add((ref.url, ref.byte_range))
-            out.refs.append(ref)
-
     for segment in playlist.segments:
         if first_seconds and start >= first_seconds:
             break
         if segment.key is not None and segment.key.uri and (segment.key.method or "NONE").upper() != "NONE":
-            key = MediaRef(urljoin(url, segment.key.uri), Kind.KEY, url, rendition, start)
-            if _is_http(key.url):
-                add(key)
-            elif key.url not in out.not_http:
-                out.not_http.append(key.url)
+            out.add(MediaRef(urljoin(url, segment.key.uri), Kind.KEY, url, rendition, start))
         if segment.init_section is not None and segment.init_section.uri:
             init_url = urljoin(url, segment.init_section.uri)
-            add(MediaRef(init_url, Kind.INIT, url, rendition, start,
+            out.add(MediaRef(init_url, Kind.INIT, url, rendition, start,
                          _hls_range(segment.init_section.byterange, init_url, {})))
         if not segment.uri:
             raise ManifestError(f"a segment at {start:g} s has no URI")
         seg_url = urljoin(url, segment.uri)
-        add(MediaRef(seg_url, Kind.SEGMENT, url, rendition, start, _hls_range(segment.byterange, seg_url, next_offset)))
+        seg_range = _hls_range(segment.byterange, seg_url, next_offset)
+        out.add(MediaRef(seg_url, Kind.SEGMENT, url, rendition, start, seg_range))
         start += float(segment.duration or 0.0)
     return out
 
@@ -144,25 +144,18 @@ def expand_hls(text: str, url: str, max_bandwidth: int | None = None, first_seco
 def _hls_master(playlist: m3u8.M3U8, url: str, max_bandwidth: int | None, out: Expansion) -> None:
     for key in playlist.session_keys:
         if key is not None and key.uri and (key.method or "NONE").upper() != "NONE":
-            _add_key(out, MediaRef(urljoin(url, key.uri), Kind.KEY, url))
+            out.add(MediaRef(urljoin(url, key.uri), Kind.KEY, url))
     groups_used: set[str] = set()
-    for variant in playlist.playlists:
-        bandwidth = variant.stream_info.bandwidth
-        name = f"{bandwidth or '?'} b/s {variant.uri}"
-        if max_bandwidth is not None and bandwidth is not None and bandwidth > max_bandwidth:
+    streams = [(v.uri, v.stream_info, "") for v in playlist.playlists]
+    streams += [(i.uri, i.iframe_stream_info, "i-frames ") for i in playlist.iframe_playlists]
+    for uri, info, label in streams:
+        name = f"{label}{info.bandwidth or '?'} b/s {uri}"
+        if _above(info.bandwidth, max_bandwidth):
             out.left_out.append(name)
             continue
-        for group in (variant.stream_info.audio, variant.stream_info.subtitles, variant.stream_info.video):
-            if group:
-                groups_used.add(group)
-        out.playlists.append(MediaRef(urljoin(url, variant.uri), Kind.PLAYLIST, url, name, bandwidth=bandwidth))
-    for iframe in playlist.iframe_playlists:
-        bandwidth = iframe.iframe_stream_info.bandwidth
-        name = f"i-frames {bandwidth or '?'} b/s {iframe.uri}"
-        if max_bandwidth is not None and bandwidth is not None and bandwidth > max_bandwidth:
-            out.left_out.append(name)
-            continue
-        out.playlists.append(MediaRef(urljoin(url, iframe.uri), Kind.PLAYLIST, url, name, bandwidth=bandwidth))
+        groups_used.update(g for g in (getattr(info, "audio", None), getattr(info, "subtitles", None),
+                                       getattr(info, "video", None)) if g)
+        out.playlists.append(MediaRef(urljoin(url, uri), Kind.PLAYLIST, url, name, bandwidth=info.bandwidth))
     for media in playlist.media:
         # A rendition group no kept variant refers to is left out with the variants that did.
         if media.uri and (not groups_used or media.group_id in groups_used or not playlist.playlists):
@@ -174,15 +167,9 @@ def _hls_master(playlist: m3u8.M3U8, url: str, max_bandwidth: int | None, out: E
     out.playlists = list(unique.values())
 
 
-def _is_http(url: str) -> bool:
-    return url.lower().startswith(("http://", "https://"))
-
-
-def _add_key(out: Expansion, ref: MediaRef) -> None:
-    if _is_http(ref.url):
-        out.refs.append(ref)
-    elif ref.url not in out.not_http:
-        out.not_http.append(ref.url)
+def _above(bandwidth: int | None, cap: int | None) -> bool:
+    """Whether a rendition is left out by ``expand_max_bandwidth`` (one that declares no bandwidth stays)."""
+    return cap is not None and bandwidth is not None and bandwidth > cap
 
 
 def _hls_range(spec: str | None, url: str, next_offset: dict[str, int]) -> tuple[int, int] | None:
@@ -260,6 +247,17 @@ def _base(url: str, elem: Element) -> str:
     return urljoin(url, base.text.strip()) if base is not None and base.text and base.text.strip() else url
 
 
+def _lowest(levels: Iterable[Element], *path: str) -> Element | None:
+    """The element at ``path`` under the lowest of ``levels`` that has one (a Representation's over its set's)."""
+    for level in reversed(list(levels)):
+        found: Element | None = level
+        for name in path:
+            found = _child(found, name)
+        if found is not None:
+            return found
+    return None
+
+
 def _merged(levels: Iterable[Element | None], name: str) -> dict[str, str] | None:
     """The attributes of ``name`` (SegmentTemplate, SegmentBase...) inherited down the levels, lowest winning."""
     merged: dict[str, str] | None = None
@@ -322,7 +320,7 @@ def _dash_period(period: Element, url: str, base: str, start: float, duration: f
             rep_id = rep.get("id", "")
             bandwidth = int(rep.get("bandwidth")) if rep.get("bandwidth", "").isdigit() else None
             name = f"{aset.get('contentType') or aset.get('mimeType') or rep.get('mimeType') or 'media'} {rep_id}"
-            if max_bandwidth is not None and bandwidth is not None and bandwidth > max_bandwidth:
+            if _above(bandwidth, max_bandwidth):
                 out.left_out.append(f"{name} ({bandwidth} b/s)")
                 continue
             rep_base = _base(aset_base, rep)
@@ -330,19 +328,15 @@ def _dash_period(period: Element, url: str, base: str, start: float, duration: f
             levels = (period, aset, rep)
             template = _merged(levels, "SegmentTemplate")
             if template is not None:
-                timeline = next((_child(_child(level, "SegmentTemplate"), "SegmentTimeline")
-                                 for level in reversed(levels) if _child(_child(level, "SegmentTemplate"),
-                                                                          "SegmentTimeline") is not None), None)
+                timeline = _lowest(levels, "SegmentTemplate", "SegmentTimeline")
                 out.refs.extend(_from_template(template, timeline, ref, rep_id, duration, first_seconds, root, now))
                 continue
-            seg_list = next((_child(level, "SegmentList") for level in reversed(levels)
-                             if _child(level, "SegmentList") is not None), None)
+            seg_list = _lowest(levels, "SegmentList")
             if seg_list is not None:
                 out.refs.extend(_from_list(seg_list, ref, first_seconds))
                 continue
             seg_base = _merged(levels, "SegmentBase")
-            init = next((_child(_child(level, "SegmentBase"), "Initialization") for level in reversed(levels)
-                         if _child(_child(level, "SegmentBase"), "Initialization") is not None), None)
+            init = _lowest(levels, "SegmentBase", "Initialization")
             if seg_base is not None or init is not None:
                 out.refs.extend(_from_base(seg_base or {}, init, ref))
             else:  # a single file per representation: the player reads it whole

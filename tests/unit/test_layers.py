@@ -133,6 +133,8 @@ def test_the_checks_see_a_breach() -> None:
     assert "prewarm.core.results" in own_imports("prewarm.core.report")
     assert layer_of("prewarm.engine.state") == ("prewarm.engine", 2)
     assert within("ray.util", BANNED_IN_PURE) and not within("rayon", BANNED_IN_PURE)
+    assert {"ray", "sqlite3"} <= imports(MODULES["prewarm.engine.store"]) | imports(MODULES["prewarm.engine.state"])
+    assert "prewarm.api.app" in own_imports("prewarm.api.service")  # a layer-3 import the rule would refuse below
 
 
 @pytest.mark.parametrize("module", ["prewarm.engine.fetcher", "prewarm.engine.coordinator"])

@@ -19,6 +19,8 @@ from prewarm.engine.metrics import record_batch
 from prewarm.engine.registry import get_state_actor
 from prewarm.net.popclient import (
     REACHED_ORIGIN,
+    SERVED_CACHE_BY_X_CACHE,
+    SERVED_EDGE,
     SERVED_ORIGIN,
     SERVED_TIER,
     SERVED_UNKNOWN,
@@ -181,6 +183,10 @@ class Fetcher:
 
 
 BYTES_REPORT_S = 1.0
+CACHE_ANSWERS = frozenset({SERVED_EDGE, SERVED_TIER, SERVED_CACHE_BY_X_CACHE})
+"""Who answered when a cache did: such an answer's time says nothing about the origin."""
+
+
 class OriginGate:
     """A fetcher's share of the job's ``max_origin_concurrency``: slots for first-tier fetches, as many as an
     ``AdaptiveLimit`` allows (cut when the origin shows trouble, raised while healthy, never above the share)."""
@@ -204,7 +210,9 @@ class OriginGate:
     def release(self, result: FetchResult | None) -> None:
         """A first-tier fetch ended (``result`` None: it raised); the limit learns from it."""
         before = self.limit.limit
-        if result is not None:
+        if result is not None and (result.troubled or result.served_by not in CACHE_ANSWERS):
+            # Only an answer the origin gave says how the origin is: a cache's fast Hit set as the baseline made every
+            # 300 ms origin fetch after it look slow, and cut the limit to one.
             small = result.nbytes < 256 * 1024 and result.attempts == 1  # its exchange's time: about its first byte's
             self.limit.observe(result.troubled, result.exchange_ms if small and result.ok else None)
         if self._debt:

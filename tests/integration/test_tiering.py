@@ -120,6 +120,21 @@ def test_the_origin_limit_falls_under_503s_and_recovers(service: PrewarmClient, 
     assert cdn.origin_concurrency()["peak"] <= 8
 
 
+def test_objects_the_edges_hold_already_do_not_make_the_origin_look_slow(service: PrewarmClient,
+                                                                         cdn: Testbed) -> None:
+    """A job whose first URLs every POP holds (an earlier job warmed them) and whose others take the origin 300 ms:
+    the Hits' 2 ms are no baseline for the origin, so its limit is never cut (it was, to 1, and such a job, or a
+    coordinator restarted mid-probe, crawled at one origin fetch at a time)."""
+    cdn.reset()
+    paths = [f"/fault/delay/300/obj/2kb/partly-warm-{i}" for i in range(24)]
+    _, first = run(service, [cdn.url(p) for p in paths[:8]], tiering="rec", max_origin_concurrency=8)
+    assert first["status"] == "FINISHED" and first["success_count"] == 8 * 12
+    req_id, progress = run(service, [cdn.url(p) for p in paths], tiering="rec", max_origin_concurrency=8)
+    assert progress["status"] == "FINISHED" and progress["success_count"] == 24 * 12
+    assert service.summary(req_id)["origin_concurrency_low"] == 8
+    assert sum(origin_gets_by_url(cdn)[p] for p in paths) == 24 * 3  # the warm ones from the first job only
+
+
 def test_a_cached_503_is_retried_once_its_ttl_has_passed(service: PrewarmClient, cdn: Testbed) -> None:
     """The origin answers one 503; the POP and its REC cache it for CloudFront's 10 s. A retry at once would get the
     cached 503 again (three attempts in 10 s: the pair would fail); waiting out the TTL, the second attempt warms."""

@@ -97,7 +97,8 @@ def test_origin_gate_never_lets_more_through_than_its_limit() -> None:
             peak = max(peak, running)
             await asyncio.sleep(0.01)
             running -= 1
-            gate.release(FetchResult(status=200, attempts=2 if fail else 1, troubled=fail, exchange_ms=10.0))
+            gate.release(FetchResult(status=200, x_cache="Miss from cloudfront", attempts=2 if fail else 1,
+                                     troubled=fail, exchange_ms=10.0))
             limits.append(gate.limit.limit)
 
         await asyncio.gather(*(one(i < 6) for i in range(40)))
@@ -105,6 +106,22 @@ def test_origin_gate_never_lets_more_through_than_its_limit() -> None:
 
     peak, limits = asyncio.run(main())
     assert peak <= 4 and min(limits) < 4 and limits[-1] == 4  # cut by the 503s, back up to its share
+
+
+def test_cache_hits_among_first_tier_fetches_do_not_make_the_origin_look_slow() -> None:
+    # A restarted job, or one whose URLs are partly at the edge already: some first-tier fetches are 2 ms Hits,
+    # the rest 300 ms origin fetches. Only the origin's answers say how it is: its limit stays at its share.
+    gate = OriginGate(16)
+    for i in range(200):
+        hit = i % 3 == 0
+        gate.release(FetchResult(status=200, x_cache="Hit from cloudfront" if hit else "Miss from cloudfront",
+                                 attempts=1, exchange_ms=2.0 if hit else 300.0))
+    assert gate.limit.limit == 16 and gate.low == 16
+    # The same answers counted alike (the old gate) would have cut it to one: the test can fail.
+    limit = AdaptiveLimit(16, cooldown_s=0.0)
+    for i in range(200):
+        limit.observe(False, 2.0 if i % 3 == 0 else 300.0)
+    assert limit.limit == 1
 
 
 @pytest.mark.parametrize(("value", "ok"), [("auto", True), ("REC", True), ("shield", True), ("off", True),

@@ -208,6 +208,33 @@ class PrewarmRequest(BaseModel):
         "across the job, adapted down when the origin shows trouble; default PREWARM_MAX_ORIGIN_CONCURRENCY."
     )
 
+    expand: Boolean = Field(
+        default=False, description="Read each URL that is an HLS playlist or a DASH MPD through the first targeted "
+        "POP and warm what a player fetches from it too: child playlists, keys, init segments, segments (byte "
+        "ranges as the ranges a player asks for), in the order a player needs them."
+    )
+    expand_max_bandwidth: Integer | None = Field(
+        default=None, description="With expand: renditions that declare a bandwidth above this (bits/s) are left out."
+    )
+    expand_first_seconds: Number = Field(
+        default=0, description="With expand: only the segments that cover each rendition's first N seconds; 0: all "
+        "(a live window is always warmed whole)."
+    )
+
+    @field_validator("expand_max_bandwidth")
+    @classmethod
+    def _max_bandwidth(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be a positive number of bits per second")
+        return value
+
+    @field_validator("expand_first_seconds")
+    @classmethod
+    def _first_seconds(cls, value: float) -> float:
+        if not 0 <= value <= 7 * 24 * 3600:
+            raise ValueError("must be between 0 and 604800 seconds")
+        return value
+
     @field_validator("url_list")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:
@@ -328,7 +355,8 @@ def variant_label(headers: dict[str, str]) -> str:
 
 
 # Fields a retry job takes from the job it retries; they may not be given beside ``retry_of``.
-INHERITED_FIELDS = ("url_list", "cf_domain", "target_type", "pops", "countries", "regions", "header", "variants")
+INHERITED_FIELDS = ("url_list", "cf_domain", "target_type", "pops", "countries", "regions", "header", "variants",
+                    "expand", "expand_max_bandwidth", "expand_first_seconds")
 
 
 class RetryRequest(BaseModel):
@@ -380,10 +408,11 @@ class RetryRequest(BaseModel):
 
     def build(self, original: dict[str, Any]) -> PrewarmRequest:
         """The retry job's full request: the original's, with the fields given here on top; never an
-        invalidation, which would undo the original's successes at the other POPs."""
+        invalidation, which would undo the original's successes at the other POPs. An expanded job's URLs are what
+        its manifests held: the retry fetches them, it does not expand again."""
         changes = self.model_dump(exclude_unset=True)
         merged = {k: v for k, v in original.items() if k != "retry_of"}
-        merged.update(changes, need_invalidate=False)
+        merged.update(changes, need_invalidate=False, expand=False)
         return PrewarmRequest.model_validate(merged)
 
 
@@ -535,6 +564,27 @@ class WebhookStatus(BaseModel):
     gave_up: bool = False
 
 
+class ManifestSummary(BaseModel):
+    url: str
+    format: str = Field(description="hls or dash; empty when it could not be told.")
+    live: bool = Field(description="A live playlist (no EXT-X-ENDLIST, or type=dynamic): its window when read.")
+    entries: int = Field(description="What it named: child playlists, keys, init segments, segments.")
+    error: str = Field(description="Why it could not be read or parsed (its row in the report says so too).")
+
+
+class ExpansionSummary(BaseModel):
+    manifests: list[ManifestSummary] = Field(description="The manifests read (the first 1,000).")
+    manifest_count: int
+    expanded_count: int = Field(description="URLs added to the job (each warmed at every targeted POP).")
+    found_count: int = Field(description="URLs the manifests held beyond those given.")
+    left_out_count: int = Field(description="Of those, not warmed: over PREWARM_MAX_EXPANDED_URLS.")
+    max_expanded_urls: int
+    live: bool
+    renditions_left_out: list[str] = Field(description="Renditions above expand_max_bandwidth.")
+    not_http: list[str] = Field(description="URIs no CDN serves (such as skd:// keys): not warmed.")
+    message: str = Field(description="The above in a sentence or two.")
+
+
 class SummaryResponse(BaseModel):
     request_id: str
     status: str
@@ -570,6 +620,12 @@ class SummaryResponse(BaseModel):
         default_factory=dict, description="Verified pairs by the tier that answered their verification from its "
         "cache (Server-Timing cdn-hit-layer: EDGE, REC, Origin Shield; \"\" where absent); adds up to the verified "
         "pairs."
+    )
+    expansion: ExpansionSummary | None = Field(
+        default=None, description="With expand: the manifests read, what they added, and what was left out and why."
+    )
+    failure_manifests: dict[str, int] = Field(
+        default_factory=dict, description="With expand: failed tasks by the manifest their URL came from."
     )
     error_message: str = ""
     created_at: str

@@ -49,6 +49,8 @@ class Settings:
     persist: bool = True
     max_urls: int = 100_000
     max_body_bytes: int = 32 * 1024 * 1024
+    max_expanded_urls: int = 100_000  # URLs a job's manifests may add (``expand``); over it the summary says so
+    max_manifest_bytes: int = 16 * 1024 * 1024  # a manifest longer than this is not read (a 2-hour VOD: ~300 KiB)
     max_url_length: int = 2048
     fetch_timeout_s: float = 30.0  # to the response head; a body is bounded by the stall and rate limits
     stall_timeout_s: float = 30.0
@@ -107,6 +109,8 @@ class Settings:
             persist=_flag(env.get("PREWARM_PERSIST", "1")),
             max_urls=int(num("PREWARM_MAX_URLS", base.max_urls, least=1)),
             max_body_bytes=int(num("PREWARM_MAX_BODY_BYTES", base.max_body_bytes, least=1)),
+            max_expanded_urls=int(num("PREWARM_MAX_EXPANDED_URLS", base.max_expanded_urls)),
+            max_manifest_bytes=int(num("PREWARM_MAX_MANIFEST_BYTES", base.max_manifest_bytes, least=1)),
             max_url_length=int(num("PREWARM_MAX_URL_LENGTH", base.max_url_length, least=1)),
             fetch_timeout_s=float(num("PREWARM_FETCH_TIMEOUT", base.fetch_timeout_s, float, above=True)),
             stall_timeout_s=float(num("PREWARM_STALL_TIMEOUT", base.stall_timeout_s, float, above=True)),

@@ -115,6 +115,8 @@ def tasks_frame(table: TaskTable, ids: np.ndarray) -> pd.DataFrame:
         },
         columns=REPORT_COLUMNS,
     )
+    if table.manifest_of is not None:  # an expanded job's: which manifest each URL came from
+        frame["manifest"] = np.asarray(table.manifest_of, dtype=object)[table.url_index(ids)] if len(ids) else []
     return frame
 
 
@@ -134,6 +136,8 @@ def extra_failure_rows(pop_failures: dict[str, str]) -> pd.DataFrame:
 
 def report_csv(table: TaskTable, pop_failures: dict[str, str]) -> bytes:
     frame = pd.concat([extra_failure_rows(pop_failures), failures_frame(table)], ignore_index=True)
+    if "manifest" in frame:
+        frame["manifest"] = frame["manifest"].fillna("")
     return frame.to_csv(index=False).encode()
 
 

@@ -97,6 +97,7 @@ class TaskTable:
     error_classes: list[str] = field(default_factory=lambda: [""])
     x_cache_values: list[str] = field(default_factory=lambda: list(X_CACHE_CODES))
     addresses: list[str] = field(default_factory=lambda: [""])
+    manifest_of: list[str] | None = None  # an expanded job's: per URL, the manifest it came from ("" if given)
     done_count: int = 0
     success_count: int = 0
     verified_count: int = 0
@@ -243,6 +244,18 @@ class TaskTable:
             return []
         failed = self._by_url(self.done & ~self.ok & ~self.skipped).any(axis=(1, 2))
         return [self.urls[i] for i in np.flatnonzero(failed)]
+
+    def failures_by_manifest(self) -> dict[str, int]:
+        """An expanded job's failed tasks by the manifest their URL came from (given URLs left out)."""
+        if self.manifest_of is None or not self.grid:
+            return {}
+        urls = self.failed_task_ids() // self.n_cols
+        out: dict[str, int] = {}
+        for u, n in zip(*np.unique(urls, return_counts=True), strict=True):
+            manifest = self.manifest_of[int(u)]
+            if manifest:
+                out[manifest] = out.get(manifest, 0) + int(n)
+        return out
 
     def all_failed_pops(self) -> list[str]:
         """POPs where tasks were finished and every one of them failed: the POP itself did not work."""

@@ -94,6 +94,7 @@ class Coordinator:
         self.deadline = 0.0
         self.n_variants = 1
         self.fetchers: list[Any] = []
+        self.urls: list[str] = []  # the job's URL entries: the request's, then (expand) what its manifests held
         self.dead: set[int] = set()
         self.dispatched = 0
         self.busy: dict[int, int] = {}  # lane id -> the fetcher it is sent to, while it has work
@@ -134,6 +135,7 @@ class Coordinator:
         self.cf_domain = cf_domain
         self.deadline = deadline
         self.n_variants = len(self.request.variant_labels())
+        self.urls = list(request.url_list)
         remaining = self.deadline - time.time()
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
@@ -188,7 +190,8 @@ class Coordinator:
             await starting
             if req.need_invalidate:
                 await self._invalidate()
-            await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures)
+            expansion = await self._expand(pops[0]) if req.expand else None
+            await self.state.set_plan.remote(self.req_id, [p.pop for p in pops], failures, expansion)
             point = await self.state.resume_point.remote(self.req_id)
         else:
             # Resumed after a coordinator restart: the plan stands; only the tasks left are fetched.
@@ -202,6 +205,8 @@ class Coordinator:
                         for t in point["pending"] if (pop := int(t) % n_cols // self.n_variants) in lost]
                 await self.state.record.remote(self.req_id, rows)
                 point = await self.state.resume_point.remote(self.req_id)
+        if point["urls"] is not None:  # expanded (now, or before a restart): the manifests' URLs are the job's too
+            self.urls = point["urls"]
         n_cols = len(pops) * self.n_variants
         lanes = plan_lanes(point["pending"], n_cols, len(self.fetchers))
         probing = point["phase"] != "warming"  # not probed yet (a restarted coordinator probes the URLs left)
@@ -236,6 +241,26 @@ class Coordinator:
             drives.cancel()
             raise
         return "FINISHED", ""
+
+    async def _expand(self, first: PopAddresses) -> dict[str, Any]:
+        """Phase ``expanding``: the job's manifests read through its first POP (``engine.expander``); what
+        ``State.set_plan`` takes with the plan. Imported here: only a job that expands needs the parsers."""
+        from prewarm.engine.expander import expand_urls
+        from prewarm.net.manifestfetch import ManifestReader
+
+        await self.state.set_phase.remote(self.req_id, "expanding")
+        req = self.request
+        reader = ManifestReader(first.addresses, self.settings, req.variant_headers()[0])
+        try:
+            out = await expand_urls(list(req.url_list), reader, self.deadline, max_bandwidth=req.expand_max_bandwidth,
+                                    first_seconds=req.expand_first_seconds, cap=self.settings.max_expanded_urls,
+                                    verify=req.verify)
+        finally:
+            await reader.close()
+        summary = out.summary()
+        self.log.info("expanded through %s: %s", first.pop, summary["message"])
+        return {"urls": out.urls, "source": out.source, "manifest_urls": [m.url for m in out.manifests],
+                "summary": summary, "rows": list(out.rows.items())}
 
     async def _decide_tiering(self) -> str:
         """The request's tiering; ``auto`` is ``shield`` when the distribution has Origin Shield on
@@ -390,7 +415,7 @@ class Coordinator:
         A HEAD before the GETs cost one more request per URL, at the POP and, on a cold edge, at the origin;
         waiting for every probe before any other GET left the machine idle at the switch.
         """
-        urls = self.request.url_list
+        urls = self.urls
         rps = share_of(self.request.max_rps, len(self.fetchers))
         bps = share_of(self.request.max_bytes_per_s, len(self.fetchers))
         part_bytes = self.settings.range_part_bytes
@@ -541,7 +566,7 @@ class Coordinator:
         probes answer) until ``None``; on the owner's death, to a survivor."""
         n_cols = len(pops) * self.n_variants
         pop, variant = divmod(lane.column, self.n_variants)
-        urls = self.request.url_list
+        urls = self.urls
         pending: deque[list[int]] = deque()
         inflight: dict[asyncio.Future[Any], tuple[list[int], int]] = {}
         owner = self._alive_owner(lane.owner)

@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 import ray
 
+from prewarm.core.entries import RANGE_MARK, split_entry
 from prewarm.core.pacing import AdaptiveLimit, ByteBudget, Pacer
 from prewarm.core.results import NO_X_CACHE, PartRow, ResultRow, is_hit, one_piece
 from prewarm.engine.metrics import record_batch
@@ -258,6 +259,10 @@ async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str
     """
     pace = opts.pacer.wait if opts.pacer.rate else None  # no cap: nothing to await per request
     gate = opts.budget if opts.budget.rate else None
+    if RANGE_MARK in url:
+        plain, byte_range = split_entry(url)
+        if byte_range is not None:
+            return await warm_range(client, opts, task_id, plain, byte_range, pace, gate)
     deadline = opts.deadline
     size = opts.sizes.get(url) if opts.sizes else None
     address: str | None = None
@@ -287,6 +292,27 @@ async def warm_pair(client: PopClient, opts: WarmOptions, task_id: int, url: str
     if opts.verify and r.ok:
         verify_x_cache, age, rounds, layer = await verify_pair(client, opts, url, r.address, None, pace, gate)
     size = r.size if r.size is not None else (r.nbytes if r.ok else -1)
+    return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
+            r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, (), layer, r.served_by)
+
+
+async def warm_range(client: PopClient, opts: WarmOptions, task_id: int, url: str, byte_range: tuple[int, int],
+                     pace: Callable[[], Awaitable[None]] | None, gate: ByteGate | None) -> ResultRow:
+    """Warm the bytes of ``url`` a player asks for (an entry ``<url>#bytes=a-b``, from a manifest): a ``Range``
+    GET, expecting a 206 of exactly them, then verified with the same range, as the edge caches it."""
+    origin = opts.origin
+    if origin is not None:
+        await origin.acquire()
+    r: FetchResult | None = None
+    try:
+        r = await client.fetch(url, "GET", opts.deadline, pace=pace, gate=gate, byte_range=byte_range)
+    finally:
+        if origin is not None:
+            origin.release(r)
+    verify_x_cache, age, rounds, layer = "", -1, 1, r.hit_layer
+    if opts.verify and r.ok:
+        verify_x_cache, age, rounds, layer = await verify_pair(client, opts, url, r.address, byte_range, pace, gate)
+    size = byte_range[1] - byte_range[0] + 1 if r.ok else -1
     return (task_id, r.status, r.x_cache, r.address, r.nbytes, r.attempts, round(r.elapsed_ms, 1), r.error_class,
             r.error_message, verify_x_cache, age, rounds, r.wasted, size, False, (), layer, r.served_by)
 

@@ -80,6 +80,9 @@ class Job:
     origin_limits: dict[int, int] = field(default_factory=dict)  # fetcher pid -> its first-tier concurrency limit
     origin_lows: dict[int, int] = field(default_factory=dict)  # fetcher pid -> the lowest that limit has been
     rec_groups: dict[str, str] = field(default_factory=dict)  # POP -> the REC it was taken to use (rec tiering)
+    source: list[int] | None = None  # expanded: per URL, its manifest's index in manifest_urls (-1: given)
+    manifest_urls: list[str] = field(default_factory=list)
+    expansion: dict[str, Any] | None = None  # expanded: the summary's account of it
     live: dict[int, int] = field(default_factory=dict)  # fetcher pid -> body bytes it has read for this job
     byte_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic time, bytes received)
 
@@ -117,6 +120,9 @@ class Job:
     def new_table(self, pops: list[str]) -> TaskTable:
         """The job's task grid over ``pops``; a retry job keeps only its selected tasks."""
         table = TaskTable(self.urls, pops, self.variants)
+        if self.source is not None:
+            names = [*self.manifest_urls, ""]  # index -1: a given URL
+            table.manifest_of = [names[i] for i in self.source]
         if self.selected is not None:
             index = {p: i for i, p in enumerate(pops)}
             table.keep_only([table.task_id(u, index[p], v) for u, p, v in self.selected if p in index])
@@ -161,7 +167,12 @@ class State:
 
     # -- durability ------------------------------------------------------------------------------
     def _persist(self, job: Job, urls: bool = False) -> None:
-        self.store.save_job(job.req_id, job_meta(job), job.urls if urls else None, job.selected if urls else None)
+        beside: dict[str, Any] = {}
+        if urls and job.selected is not None:
+            beside["selected"] = job.selected
+        if urls and job.source is not None:
+            beside.update(source=job.source, manifest_urls=job.manifest_urls)
+        self.store.save_job(job.req_id, job_meta(job), job.urls if urls else None, beside)
 
     def _reload(self) -> None:
         """Rebuild every stored job; a running job whose coordinator is gone ends FAILED with the reason."""
@@ -296,15 +307,29 @@ class State:
             job.origin_lows[fetcher] = int(origin_low if origin_low is not None else origin_limit)
 
     @writes
-    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str]) -> None:
-        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only."""
+    def set_plan(self, req_id: str, pops: list[str], pop_failures: dict[str, str],
+                 expansion: dict[str, Any] | None = None) -> None:
+        """Fix the task table once POPs are resolved: tasks are the URLs x the resolved POPs. Once only.
+
+        ``expansion`` (``expand``): the URL list with what the manifests held (``urls``, ``source``,
+        ``manifest_urls``), the account for the summary, and the manifests' GETs through the first POP (``rows``:
+        URL index -> row), which are their warm-up there. In the same call, so a restart sees all of it or none."""
         job = self.jobs[req_id]
         if job.table is not None or job.final:
             return
+        if expansion is not None:
+            job.urls = list(expansion["urls"])
+            job.source = [int(i) for i in expansion["source"]]
+            job.manifest_urls = list(expansion["manifest_urls"])
+            job.expansion = expansion["summary"]
         job.table = job.new_table(pops)
         job.pop_failures = dict(pop_failures)
         job.touch()
-        self._persist(job)
+        self._persist(job, urls=expansion is not None)
+        if expansion is not None and expansion["rows"] and pops:
+            rows = [(job.table.task_id(int(u), 0, 0), *row[1:]) for u, row in expansion["rows"]]
+            if job.table.record(rows):
+                self.store.save_results(req_id, rows)
 
     @writes
     def set_sizes(self, req_id: str, url_sizes: np.ndarray) -> None:
@@ -346,7 +371,7 @@ class State:
             return {"final": job.final, "pops": None, "pending": None, "done": 0, "phase": job.phase}
         pending = np.flatnonzero(~job.table.done)
         return {"final": False, "pops": list(job.table.pops), "pending": pending, "done": job.table.done_count,
-                "phase": job.phase}
+                "phase": job.phase, "urls": job.urls if job.source is not None else None}
 
     @writes
     def record(self, req_id: str, rows: Sequence[ResultRow]) -> int:
@@ -580,6 +605,8 @@ class State:
             "origin_concurrency_low": sum(job.origin_lows.values()) or None,
             "rec_groups": job.rec_groups,
             "hit_layers": table.hit_layers(),
+            "expansion": job.expansion,
+            "failure_manifests": table.failures_by_manifest(),
             "error_message": job.error_message,
             "created_at": fmt_time(job.created_at),
             "last_update_time": fmt_time(job.last_update),
@@ -634,7 +661,7 @@ def job_meta(job: Job) -> dict[str, Any]:
         "instance_count": job.instance_count, "report_key": job.report_key,
         "request": job.request, "variants": job.variants, "api_base": job.api_base,
         "webhook": job.webhook, "fetch_started": job.fetch_started, "tiering": job.tiering,
-        "rec_groups": job.rec_groups,
+        "rec_groups": job.rec_groups, "expansion": job.expansion,
     }
 
 
@@ -650,7 +677,8 @@ def job_from_meta(req_id: str, meta: dict[str, Any], urls: list[str]) -> Job:
               request=meta.get("request") or {}, variants=meta.get("variants") or [""],
               selected=[tuple(t) for t in meta["selected"]] if meta.get("selected") is not None else None,
               api_base=meta.get("api_base", ""), webhook=meta.get("webhook"), fetch_started=meta.get("fetch_started"),
-              tiering=meta.get("tiering", ""), rec_groups=meta.get("rec_groups") or {})
+              tiering=meta.get("tiering", ""), rec_groups=meta.get("rec_groups") or {}, source=meta.get("source"),
+              manifest_urls=meta.get("manifest_urls") or [], expansion=meta.get("expansion"))
     return job
 
 

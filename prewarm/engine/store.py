@@ -73,14 +73,14 @@ class Store:
                     self._db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
     def save_job(self, req_id: str, meta: dict[str, Any], urls: list[str] | None = None,
-                 selected: list[Any] | None = None) -> None:
-        """Insert or update a job's metadata; ``urls`` (and a retry job's ``selected`` tasks, as large)
-        only on the first write, so the many later updates stay small."""
+                 beside: dict[str, Any] | None = None) -> None:
+        """Insert or update a job's metadata; ``urls`` (and what is as large: a retry job's ``selected`` tasks, an
+        expanded job's manifest per URL) only when they are set, so the many later updates stay small."""
         if self._db is None:
             return
         with self._db:
             if urls is not None:
-                fixed: Any = urls if selected is None else {"urls": urls, "selected": selected}
+                fixed: Any = {"urls": urls, **beside} if beside else urls
                 self._db.execute(
                     "INSERT OR REPLACE INTO jobs (req_id, meta, urls) VALUES (?, ?, ?)",
                     (req_id, json.dumps(meta), json.dumps(fixed)),
@@ -126,8 +126,11 @@ class Store:
             return
         for req_id, meta, urls in self._db.execute("SELECT req_id, meta, urls FROM jobs").fetchall():
             meta_dict, fixed = json.loads(meta), json.loads(urls)
-            if isinstance(fixed, dict):  # a retry job: its selected tasks were stored beside the URLs
-                meta_dict["selected"], fixed = fixed["selected"], fixed["urls"]
+            if isinstance(fixed, dict):  # stored beside the URLs: a retry's selected tasks, an expansion's sources
+                fixed = dict(fixed)
+                urls_list = fixed.pop("urls")
+                meta_dict.update(fixed)
+                fixed = urls_list
             yield req_id, meta_dict, fixed, self._results(req_id)
 
     def _results(self, req_id: str) -> list[ResultRow]:

@@ -171,7 +171,23 @@ def build_request(args: argparse.Namespace, urls: list[str]) -> dict[str, Any]:
         "instance_count": args.instance_count,
         "need_invalidate": args.invalidate,
         **warming_options(args),
+        **expand_options(args),
     }
+
+
+def expand_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--expand`` and its options as the request's fields; the options alone are a usage error."""
+    first_seconds, max_bandwidth = getattr(args, "first_seconds", None), getattr(args, "max_bandwidth", None)
+    if not getattr(args, "expand", False):
+        if first_seconds is not None or max_bandwidth is not None:
+            raise UsageError("--first-seconds and --max-bandwidth go with --expand")
+        return {}
+    fields: dict[str, Any] = {"expand": True}
+    if first_seconds is not None:
+        fields["expand_first_seconds"] = first_seconds
+    if max_bandwidth is not None:
+        fields["expand_max_bandwidth"] = max_bandwidth
+    return fields
 
 
 def warming_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -366,6 +382,13 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     submit.add_argument("-H", "--header", action="append", default=[], type=parse_header, metavar="'NAME: VALUE'",
                         help="extra request header for every fetch (repeatable)")
     _add_warming_options(submit)
+    submit.add_argument("--expand", action="store_true",
+                        help="read HLS playlists and DASH MPDs among the URLs and warm every rendition, key, init "
+                             "segment and segment a player fetches from them")
+    submit.add_argument("--first-seconds", type=float, default=None, metavar="N",
+                        help="with --expand: only the segments of each rendition's first N seconds")
+    submit.add_argument("--max-bandwidth", type=int, default=None, metavar="B",
+                        help="with --expand: leave out renditions above B bits/s")
     submit.add_argument("--variant", action="append", default=[], type=parse_header, metavar="'NAME: VALUE'",
                         help="a cache-key variant (repeatable): each (URL, POP, variant) is warmed, e.g. "
                              "--variant 'Accept-Encoding: gzip' --variant 'Accept-Encoding: br'")

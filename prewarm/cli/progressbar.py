@@ -243,6 +243,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         if summary.get("bytes_wasted"):
             moved += f"; {human_bytes(summary['bytes_wasted'])} wasted by bodies cut short (billed, warmed nothing)"
         lines.append(moved)
+    if summary.get("expansion"):
+        lines.append(f"expanded: {summary['expansion']['message']}")
     if summary.get("error_message"):
         lines.append(f"error: {summary['error_message']}")
     rows = [
@@ -255,6 +257,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += ["", *_table(["POP", "success", "failure", "bytes", "p50 ms", "p95 ms"], rows, {1, 2, 3, 4, 5})]
     if summary.get("failure_pops"):
         lines += ["", f"failed POPs: {', '.join(summary['failure_pops'])}"]
+    by_manifest = summary.get("failure_manifests") or {}
+    if by_manifest:
+        lines += ["", "failed tasks by the manifest they came from:"]
+        lines += [f"  {n:>6}  {url}" for url, n in list(by_manifest.items())[:MAX_LISTED]]
     failure_urls = summary.get("failure_urls") or []
     if failure_urls:
         lines += ["", f"failed URLs ({len(failure_urls)}):"]

@@ -83,6 +83,19 @@ def sitemap_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=10)
 
 
+def test_submit_expand_warms_a_manifest_and_prints_what_it_added(service: PrewarmClient, cdn: Testbed) -> None:
+    from prewarm.testbed import media
+
+    cdn.reset()
+    path = "/media/dash/vod-8/template.mpd"
+    proc = submit(service, cdn.url(path), "--pops", "ATL56-C1", "--expand", "--first-seconds", "4",
+                  "--max-bandwidth", "1300000", "--watch")
+    assert proc.returncode == 0, proc.stderr
+    expected = media.expected(path, max_bandwidth=1_300_000, first_seconds=4)
+    assert f"{len(expected)} succeeded, 0 failed" in proc.stdout
+    assert f"expanded: 1 manifest(s) read, {len(expected) - 1} URL(s) added" in proc.stdout
+
+
 def test_clean_job_exits_0_with_the_final_json(service: PrewarmClient, cdn: Testbed) -> None:
     cdn.reset()
     name = unique("clean")

@@ -135,6 +135,23 @@ def test_objects_the_edges_hold_already_do_not_make_the_origin_look_slow(service
     assert sum(origin_gets_by_url(cdn)[p] for p in paths) == 24 * 3  # the warm ones from the first job only
 
 
+def test_an_expanded_manifest_reaches_the_origin_once_per_rec(service: PrewarmClient, cdn: Testbed) -> None:
+    """``expand`` with rec tiering: every playlist, key, init segment and segment (byte ranges included) a player
+    fetches comes from the origin once per REC, and every POP holds it afterwards."""
+    from prewarm.testbed import media
+
+    cdn.reset()
+    shapes = ["/media/hls/vod-3/master.m3u8", "/media/hls/vod-3/byterange.m3u8"]
+    expected = set().union(*(media.expected(p) for p in shapes))
+    req_id, progress = run(service, [cdn.url(p) for p in shapes], tiering="rec", expand=True, verify=True)
+    assert progress["status"] == "FINISHED" and progress["failure_count"] == 0
+    assert progress["total_count"] == progress["verified_hit_count"] == len(expected) * 12
+    sent: Counter[tuple[str, str]] = Counter()
+    for row in cdn.origin_sent():
+        sent[(row["path"], row["range"].removeprefix("bytes="))] += row["complete"]
+    assert sent == Counter({(p, f"{r[0]}-{r[1]}" if r else ""): 3 for p, r in expected})
+
+
 def test_a_cached_503_is_retried_once_its_ttl_has_passed(service: PrewarmClient, cdn: Testbed) -> None:
     """The origin answers one 503; the POP and its REC cache it for CloudFront's 10 s. A retry at once would get the
     cached 503 again (three attempts in 10 s: the pair would fail); waiting out the TTL, the second attempt warms."""

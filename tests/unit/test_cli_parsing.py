@@ -81,6 +81,14 @@ def test_warming_options_are_sent_only_when_given() -> None:
     assert not {"verify", "until_hit", "variants", "callback_url", "max_rps"} & set(plain)
 
 
+def test_expand_options() -> None:
+    body = build_request(parse_submit("--expand", "--first-seconds", "30", "--max-bandwidth", "2000000", "x"), ["x"])
+    assert (body["expand"], body["expand_first_seconds"], body["expand_max_bandwidth"]) == (True, 30.0, 2_000_000)
+    assert "expand" not in build_request(parse_submit("x"), ["x"])
+    with pytest.raises(UsageError, match="--expand"):
+        build_request(parse_submit("--first-seconds", "30", "x"), ["x"])
+
+
 def test_retry_command_builds_a_retry_request() -> None:
     args = build_parser().parse_args(["retry", "8c2b8bde-1fd6-4f7e-9b57-16e1c4c3a3d7", "--timeout", "3",
                                       "--until-hit", "1", "--watch"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -107,38 +107,132 @@ def expand(fmt: Format, text: str, url: str, max_bandwidth: int | None = None, f
 
 def expand_hls(text: str, url: str, max_bandwidth: int | None = None, first_seconds: float = 0.0,
                rendition: str = "") -> Expansion:
+    """A master playlist through ``m3u8``; a media playlist through ``read_media_playlist`` (see there why)."""
     if not text.lstrip("\ufeff \t\r\n").startswith("#EXTM3U"):
         raise ManifestError("not an HLS playlist: it does not start with #EXTM3U")
-    try:
-        playlist = m3u8.loads(text, uri=url)
-    except Exception as exc:  # the parser raises several types for malformed tags
-        raise ManifestError(f"malformed HLS playlist: {exc}") from None
     out = Expansion()
-    if playlist.is_variant:
+    if _MASTER_TAGS.search(text):
+        try:
+            playlist = m3u8.loads(text, uri=url)
+        except Exception as exc:  # the parser raises several types for malformed tags
+            raise ManifestError(f"malformed HLS playlist: {exc}") from None
         _hls_master(playlist, url, max_bandwidth, out)
         return out
-    out.live = not playlist.is_endlist
-    out.target_duration_s = float(playlist.target_duration) if playlist.target_duration else None
+    media = read_media_playlist(text)
+    out.live = not media.endlist
+    out.target_duration_s = media.target_duration
     if out.live:
         first_seconds = 0.0  # a live window is where viewers start: all of it
+    join = _joiner(url)
     start = 0.0
     next_offset: dict[str, int] = {}  # URI -> where its next BYTERANGE without an offset starts
-    for segment in playlist.segments:
+    key_seen: HlsKey | None = None
+    map_seen: HlsMap | None = None
+    for seg_uri, duration, seg_byterange, key, init in media.segments:
         if first_seconds and start >= first_seconds:
             break
-        if segment.key is not None and segment.key.uri and (segment.key.method or "NONE").upper() != "NONE":
-            out.add(MediaRef(urljoin(url, segment.key.uri), Kind.KEY, url, rendition, start))
-        if segment.init_section is not None and segment.init_section.uri:
-            init_url = urljoin(url, segment.init_section.uri)
-            out.add(MediaRef(init_url, Kind.INIT, url, rendition, start,
-                         _hls_range(segment.init_section.byterange, init_url, {})))
-        if not segment.uri:
-            raise ManifestError(f"a segment at {start:g} s has no URI")
-        seg_url = urljoin(url, segment.uri)
-        seg_range = _hls_range(segment.byterange, seg_url, next_offset)
+        if key is not key_seen:
+            key_seen = key
+            if key is not None and key.uri and key.method.upper() != "NONE":
+                out.add(MediaRef(join(key.uri), Kind.KEY, url, rendition, start))
+        if init is not map_seen:
+            map_seen = init
+            if init is not None and init.uri:
+                init_url = join(init.uri)
+                out.add(MediaRef(init_url, Kind.INIT, url, rendition, start, _hls_range(init.byterange, init_url, {})))
+        seg_url = join(seg_uri)
+        seg_range = _hls_range(seg_byterange, seg_url, next_offset)
         out.add(MediaRef(seg_url, Kind.SEGMENT, url, rendition, start, seg_range))
-        start += float(segment.duration or 0.0)
+        start += duration
     return out
+
+
+_MASTER_TAGS = re.compile(r"^#EXT-X-(?:STREAM-INF|I-FRAME-STREAM-INF|MEDIA|SESSION-KEY|SESSION-DATA):", re.MULTILINE)
+_ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
+
+
+@dataclass(frozen=True, slots=True)
+class HlsKey:
+    method: str
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class HlsMap:
+    uri: str
+    byterange: str | None
+
+
+@dataclass
+class MediaPlaylist:
+    """What a player reads of a media playlist: each segment with the key and the map in effect for it."""
+
+    segments: list[tuple[str, float, str | None, HlsKey | None, HlsMap | None]] = field(default_factory=list)
+    endlist: bool = False
+    target_duration: float | None = None
+
+
+def _attributes(text: str) -> dict[str, str]:
+    return {name: value[1:-1] if value.startswith('"') else value for name, value in _ATTRIBUTE.findall(text)}
+
+
+def read_media_playlist(text: str) -> MediaPlaylist:
+    """A media playlist's segments, line by line (RFC 8216 4.3.2; tags a CDN warm-up needs nothing from are
+    skipped, as players skip unknown tags). Not ``m3u8``: it takes ~120 us a segment, most of a second for a
+    2-hour VOD's five renditions, where this takes a tenth of that; ``test_manifests`` checks the two agree on
+    every shape."""
+    out = MediaPlaylist()
+    key: HlsKey | None = None
+    init: HlsMap | None = None
+    duration: float | None = None
+    byterange: str | None = None
+    append = out.segments.append
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line[0] != "#":
+            append((line, duration or 0.0, byterange, key, init))
+            duration = byterange = None
+        elif line.startswith("#EXTINF:"):
+            value = line[8:].split(",", 1)[0].strip()
+            try:
+                duration = float(value)
+            except ValueError:
+                raise ManifestError(f"malformed EXTINF {value!r}") from None
+        elif line.startswith("#EXT-X-BYTERANGE:"):
+            byterange = line[17:].strip()
+        elif line.startswith("#EXT-X-KEY:"):
+            attrs = _attributes(line[11:])
+            key = HlsKey(attrs.get("METHOD", "NONE"), attrs.get("URI", ""))
+        elif line.startswith("#EXT-X-MAP:"):
+            attrs = _attributes(line[11:])
+            init = HlsMap(attrs.get("URI", ""), attrs.get("BYTERANGE"))
+        elif line.startswith("#EXT-X-TARGETDURATION:"):
+            try:
+                out.target_duration = float(line[22:].strip())
+            except ValueError:
+                raise ManifestError(f"malformed EXT-X-TARGETDURATION {line[22:]!r}") from None
+        elif line == "#EXT-X-ENDLIST":
+            out.endlist = True
+    if duration is not None or byterange is not None:
+        start = sum(d for _, d, _, _, _ in out.segments)
+        raise ManifestError(f"a segment at {start:g} s has no URI")
+    return out
+
+
+def _joiner(base: str) -> Callable[[str], str]:
+    """``urljoin(base, uri)`` for a manifest's URIs, with the common case (a plain relative name such as
+    ``seg12.m4s``: no scheme, no leading ``/``, ``.`` or ``?``, no dot segments) as a concatenation onto the base's
+    directory, which is what urljoin returns for it at a twentieth of the cost."""
+    directory = urljoin(base, ".")
+
+    def join(uri: str) -> str:
+        if uri and uri[0] not in "/.?#" and ":" not in uri and "/." not in uri:
+            return directory + uri
+        return urljoin(base, uri)
+
+    return join
 
 
 def _hls_master(playlist: m3u8.M3U8, url: str, max_bandwidth: int | None, out: Expansion) -> None:

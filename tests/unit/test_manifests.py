@@ -4,7 +4,9 @@ DASH with SegmentTemplate ($Number$, $Time$ with a SegmentTimeline), SegmentList
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import m3u8
 import pytest
 
 from prewarm.core.manifests import (
@@ -17,6 +19,7 @@ from prewarm.core.manifests import (
     fill_template,
     iso_duration,
     player_order,
+    read_media_playlist,
     sniff,
 )
 
@@ -336,3 +339,40 @@ def test_player_order_puts_keys_and_inits_first_then_every_renditions_first_seco
     segments = [(r.rendition, r.start_s) for r in ordered if r.kind is Kind.SEGMENT]
     assert segments[:2] == [("a", 0.0), ("b", 0.0)] and segments[2:4] == [("a", 4.0), ("b", 4.0)]
     assert len({(r.url, r.byte_range) for r in ordered}) == len(ordered) == len(a) + len(b) - 2  # shared keys once
+
+
+def _m3u8_view(text: str) -> list[tuple[Any, ...]]:
+    playlist = m3u8.loads(text)
+    return [(s.uri, float(s.duration or 0.0), s.byterange or None,
+             (s.key.method, s.key.uri or "") if s.key is not None and s.key.method else None,
+             (s.init_section.uri, s.init_section.byterange or None) if s.init_section is not None else None)
+            for s in playlist.segments], playlist.is_endlist, float(playlist.target_duration or 0)
+
+
+def _reader_view(text: str) -> list[tuple[Any, ...]]:
+    media = read_media_playlist(text)
+    return [(uri, duration, byterange, (key.method, key.uri) if key is not None else None,
+             (init.uri, init.byterange) if init is not None else None)
+            for uri, duration, byterange, key, init in media.segments], media.endlist, media.target_duration or 0.0
+
+
+def _testbed_media_playlists() -> list[str]:
+    from prewarm.testbed import media
+
+    paths = ["/media/hls/vod-9/v400/index.m3u8", "/media/hls/vod-9/audio-fr/index.m3u8",
+             "/media/hls/vod-9/subs-en/index.m3u8", "/media/hls/vod-9/v400/iframes.m3u8",
+             "/media/hls/vod-9/byterange.m3u8", "/media/live/hls/x/index.m3u8"]
+    texts = []
+    for path in paths:
+        answer = media.answer(path)
+        assert answer is not None, path
+        texts.append(answer[0].decode())
+    return texts
+
+
+@pytest.mark.parametrize("text", [FMP4_MEDIA, BYTERANGE_MEDIA, LIVE_MEDIA, *_testbed_media_playlists()])
+def test_the_media_playlist_reader_agrees_with_m3u8(text: str) -> None:
+    """The line reader used for speed reads every shape as m3u8 does: segments, durations, ranges, the key and the
+    map in effect for each, ENDLIST and the target duration."""
+    assert _reader_view(text) == _m3u8_view(text)
+    assert _reader_view(text)[0]  # not vacuous: the shape has segments

@@ -112,6 +112,22 @@ def test_a_failed_segment_names_its_manifest_and_malformed_manifests_fail_their_
     assert len([r for r in rows if r["url"] == cdn.url(broken)]) == len(SPEC_POPS)
 
 
+def test_the_job_is_expanding_until_its_manifests_are_read_then_counts_their_tasks(service: PrewarmClient,
+                                                                                   cdn: Testbed) -> None:
+    cdn.reset()
+    path = "/media/dash/vod-3/template.mpd"
+    cdn.add_fault({"path": path, "delay_ms": 1500, "per_edge": False})
+    req_id = service.prewarm(request_body([cdn.url(path)], expand=True, tiering="off"))["request_id"]
+    seen: list[tuple[str, int]] = []
+    while (progress := service.progress(req_id))["status"] == "IN_PROGRESS":
+        seen.append((progress["phase"], progress["total_count"]))
+        time.sleep(0.1)
+    assert ("expanding", len(SPEC_POPS)) in seen  # the given URL alone, until its manifest is read
+    n = len(media.expected(path))
+    assert all(total == n * len(SPEC_POPS) for phase, total in seen if phase in ("probing", "warming"))
+    assert progress["status"] == "FINISHED" and progress["success_count"] == n * len(SPEC_POPS)
+
+
 def test_a_live_playlist_warms_its_window_and_says_so(service: PrewarmClient, cdn: Testbed) -> None:
     cdn.reset()
     path = "/media/live/hls/launch/index.m3u8"

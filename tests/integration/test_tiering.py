@@ -143,7 +143,7 @@ def test_an_expanded_manifest_reaches_the_origin_once_per_rec(service: PrewarmCl
     cdn.reset()
     shapes = ["/media/hls/vod-3/master.m3u8", "/media/hls/vod-3/byterange.m3u8"]
     expected = set().union(*(media.expected(p) for p in shapes))
-    req_id, progress = run(service, [cdn.url(p) for p in shapes], tiering="rec", expand=True, verify=True)
+    _, progress = run(service, [cdn.url(p) for p in shapes], tiering="rec", expand=True, verify=True)
     assert progress["status"] == "FINISHED" and progress["failure_count"] == 0
     assert progress["total_count"] == progress["verified_hit_count"] == len(expected) * 12
     sent: Counter[tuple[str, str]] = Counter()

@@ -122,16 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                 tb.reset()
                 took, n = asyncio.run(through_pop(tb, settings))
                 seconds.append(took)
+            each = ", ".join(f"{s:.3f}" for s in seconds)
             print(f"part 2: the expander through {POPS[0]} (cold caches): {n:,} entries in "
-                  f"{statistics.median(seconds):.3f} s (median of {args.repeat}: {', '.join(f'{s:.3f}' for s in seconds)})",
-                  flush=True)
+                  f"{statistics.median(seconds):.3f} s (median of {args.repeat}: {each})", flush=True)
         if "3" in parts:
             from bench.common import run_job
             from prewarm.api.service import start_service, stop_service
             from prewarm.client import PrewarmClient
             from prewarm.testbed.net import free_port
 
-            base = start_service(settings, port=free_port(), ray_init_kwargs={"num_cpus": 2, "include_dashboard": False})
+            ray_kwargs = {"num_cpus": 2, "include_dashboard": False}
+            base = start_service(settings, port=free_port(), ray_init_kwargs=ray_kwargs)
             try:
                 client = PrewarmClient(base, timeout_s=120)
                 common = {"cf_domain": tb.cf_domain, "target_type": "pop", "pops": POPS, "timeout": 10,

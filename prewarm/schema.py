@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -428,10 +429,16 @@ class RequestError(Exception):
 
 def request_error(exc: ValidationError) -> RequestError:
     """Turn pydantic's errors into one message naming each field, plus the invalid URLs."""
+    return describe_errors(exc.errors())
+
+
+def describe_errors(errors: Sequence[Any]) -> RequestError:
+    """The one error formatter: pydantic's (or FastAPI's, for a body or query it could not read) errors as one
+    message naming each field, in the API's error shape, plus the invalid URLs."""
     messages: list[str] = []
     error_urls: list[str] = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if p != "body"]
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
         field = loc[0] if loc else "body"
         for part in loc[1:]:
             field += f"[{part}]" if part.isdigit() else f".{part}"
@@ -441,17 +448,17 @@ def request_error(exc: ValidationError) -> RequestError:
             messages.append(f"field 'url_list': {cause}")
         elif isinstance(cause, TargetError):
             messages.append(f"field '{cause.field}': {cause}")
-        elif err["type"] == "missing":
+        elif err.get("type") == "missing":
             messages.append(f"field '{field}' is required")
-        elif err["type"] == "extra_forbidden":
+        elif err.get("type") == "extra_forbidden":
             messages.append(f"field '{field}' is not a known field")
-        elif err["type"] == "json_invalid":
-            messages.append(f"request body is not valid JSON: {err['msg']}")
+        elif err.get("type") == "json_invalid":
+            messages.append(f"request body is not valid JSON: {err.get('msg', '')}")
         elif field == "body":
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             messages.append(msg if msg.startswith("field '") else f"request body: {msg}")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             messages.append(f"field '{field}': {msg}")
     return RequestError("; ".join(dict.fromkeys(messages)) or "invalid request", error_urls=error_urls)
 

@@ -50,7 +50,7 @@ class Settings:
     max_urls: int = 100_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_expanded_urls: int = 100_000  # URLs a job's manifests may add (``expand``); over it the summary says so
-    max_manifest_bytes: int = 16 * 1024 * 1024  # a manifest longer than this is not read (a 2-hour VOD: ~300 KiB)
+    max_manifest_bytes: int = 16 * 1024 * 1024  # a manifest longer than this is not read
     max_url_length: int = 2048
     fetch_timeout_s: float = 30.0  # to the response head; a body is bounded by the stall and rate limits
     stall_timeout_s: float = 30.0

@@ -39,6 +39,7 @@ from prewarm.schema import (
     RetryRequest,
     SummaryResponse,
     check_req_id,
+    describe_errors,
     fmt_time,
     request_error,
     utcnow,
@@ -75,15 +76,7 @@ async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(400, _describe_validation(exc))
-
-
-def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
-        parts.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    return _error(400, describe_errors(exc.errors()).message)
 
 
 @api.exception_handler(Exception)

@@ -31,21 +31,36 @@ class UsageError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prewarm.api.service import start_service, stop_service
+    from prewarm.cli.quiet import ray_log_file, ray_writes_to, send_ray_output_to
     from prewarm.settings import Settings
 
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a bad setting
+        raise UsageError(str(exc)) from None
+    log_path = ray_log_file(settings.state_dir, "serve")
+    sink = send_ray_output_to(log_path)
     stop = threading.Event()
     try:
-        url = start_service(Settings.from_env(), args.host, args.port, args.address)
-    except ValueError as exc:  # a bad setting, or a public address without PREWARM_API_KEYS
+        with ray_writes_to(sink):
+            from prewarm.api.service import start_service, stop_service
+
+            url = start_service(settings, args.host, args.port, args.address)
+    except ValueError as exc:  # a public address without PREWARM_API_KEYS
         raise UsageError(str(exc)) from None
+    except Exception as exc:  # Ray or Serve could not start: say so, with where Ray said why
+        print(f"error: the service did not start: {type(exc).__name__}: {exc} (Ray's log: {log_path})",
+              file=sys.stderr)
+        return EXIT_FAILED
     # After ray.init: Ray installs its own SIGTERM handler, which would abort instead of shutting down.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"prewarm service listening on {url} (OpenAPI at {url}/docs); Ctrl-C stops it", flush=True)
+    print(f"Ray's and Serve's lines: {log_path}; the cluster's own logs: /tmp/ray/session_latest/logs", flush=True)
     stop.wait()
     print("shutting down", flush=True)
-    stop_service()
+    with ray_writes_to(sink):
+        stop_service()
     return 0
 
 

@@ -52,15 +52,21 @@ def edge_x_cache(address: str, url: str, ca_file: str, accept_encoding: str = "g
 
 def run_demo(port: int = 8000) -> int:
     """Run the demo; 0 when the job FINISHED (the planted 404 is expected to fail, and is shown)."""
-    from prewarm.api.service import start_service, stop_service
+    from prewarm.cli.quiet import ray_log_file, ray_writes_to, send_ray_output_to
     from prewarm.settings import Settings
     from prewarm.testbed import Testbed
 
     print("starting the local CDN testbed (nginx edges, dnsmasq, origin) ...", flush=True)
     with Testbed(extra_pops=DEMO_POPS) as testbed:
         os.environ.update(testbed.env())
-        print("starting local Ray and Serve ...", flush=True)
-        base = start_service(Settings.from_env(), port=port)
+        settings = Settings.from_env()
+        log_path = ray_log_file(settings.state_dir, "demo")
+        print(f"starting local Ray and Serve (their lines go to {log_path}) ...", flush=True)
+        sink = send_ray_output_to(log_path)
+        with ray_writes_to(sink):
+            from prewarm.api.service import start_service, stop_service
+
+            base = start_service(settings, port=port)
         try:
             client = PrewarmClient(base)
             urls = [testbed.url(p) for p in demo_paths()]
@@ -88,4 +94,5 @@ def run_demo(port: int = 8000) -> int:
                 print(f"  {pop:<10} {states}")
             return 0 if progress["status"] == "FINISHED" else 1
         finally:
-            stop_service()
+            with ray_writes_to(sink):
+                stop_service()

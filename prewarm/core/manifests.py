@@ -178,9 +178,8 @@ def _attributes(text: str) -> dict[str, str]:
 
 def read_media_playlist(text: str) -> MediaPlaylist:
     """A media playlist's segments, line by line (RFC 8216 4.3.2; tags a CDN warm-up needs nothing from are
-    skipped, as players skip unknown tags). Not ``m3u8``: it takes ~120 us a segment, most of a second for a
-    2-hour VOD's five renditions, where this takes a tenth of that; ``test_manifests`` checks the two agree on
-    every shape."""
+    skipped, as players skip unknown tags). Not ``m3u8``: it alone takes over the second a 2-hour VOD may take to
+    expand (BENCHMARKS.md); ``test_manifests`` checks the two agree on every shape."""
     out = MediaPlaylist()
     key: HlsKey | None = None
     init: HlsMap | None = None

@@ -112,7 +112,7 @@ class Coordinator:
         self.has_job = False
         self.prestarted = self._prestart_fetchers() if prestart else {}
         if prestart and settings.origin_shield is None:
-            # Between jobs, not in one: botocore takes a tenth of a second to import, and auto tiering needs it.
+            # Between jobs, not in one: botocore is slow to import, and auto tiering needs it.
             threading.Thread(target=importlib.import_module, args=("botocore.session",), daemon=True).start()
 
     def pid(self) -> int:

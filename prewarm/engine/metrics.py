@@ -19,12 +19,10 @@ LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1
 LATENCY_SAMPLES_PER_BATCH = 32
 """At most this many latency observations per batch: every fetch of a smaller batch, else evenly spaced ones.
 
-Ray's metrics agent turns each histogram bucket count back into one Python ``record`` call per observation
-(``record_histogram_aggregated_batch``). One observation per fetch cost the agent 13-23 us of CPU per fetch, a
-quarter to a third of what the fetch itself costs, in bursts at each export, on the same cores; the fetcher paid
-~3 us more to observe it (``bench/bench_fetcher.py`` prints the agent's CPU). The histogram's buckets, and so
-its quantiles, stay representative; its ``_count`` counts observations, not fetches (``prewarm_fetches`` counts
-those)."""
+Ray's metrics agent turns each histogram bucket count back into one Python ``record`` call per observation, so
+one observation per fetch costs the agent a large share of a fetch's own CPU, on the same cores
+(``bench/bench_fetcher.py`` prints it; figures in BENCHMARKS.md). The buckets, and so the quantiles, stay
+representative; ``_count`` counts observations, not fetches (``prewarm_fetches`` counts those)."""
 
 
 @cache

@@ -152,7 +152,7 @@ def range_header(first: int, last: int) -> str:
 
 @cache
 def _pinned_resolver_class() -> type:
-    """Built on first use: aiohttp is no longer needed to fetch, so a fetcher process need not import it."""
+    """Built on first use, so that a fetcher process (which never uses aiohttp) does not import it."""
     import socket
 
     from aiohttp.abc import AbstractResolver, ResolveResult
@@ -200,10 +200,8 @@ def age_seconds(value: str | None) -> int | None:
 
 @cache
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """The process's one client context per trust store, shared by every ``PopClient`` (read only once built).
-
-    Loading the system trust store costs 30-57 ms of CPU; a context per client made a fetcher pay that for each
-    POP it serves, at the start of its job. A bundle file changed later is read by the next fetcher (one per job)."""
+    """The process's one client context per trust store, shared by every ``PopClient``: loading a trust store is
+    costly CPU at a job's start, once per POP otherwise. A bundle changed later is read by the next fetcher."""
     return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
 
 
@@ -239,8 +237,8 @@ class PopClient:
     """Keep-alive connection pools to one POP, with a cap on concurrent fetches through it.
 
     The POP's addresses are dialled directly (the resolver's job is done before a client exists), the
-    URL's host goes in ``Host`` and SNI: see :mod:`prewarm.net.wire`, which replaced aiohttp here because a
-    fetcher is CPU-bound on small cached objects and aiohttp cost ~2x the CPU per fetch.
+    URL's host goes in ``Host`` and SNI (:mod:`prewarm.net.wire`: a fetcher is CPU-bound on small cached objects,
+    so the request path is our own; BENCHMARKS.md has the figures against aiohttp).
     """
 
     def __init__(self, pop: str, addresses: list[str], settings: Settings, headers: dict[str, str],

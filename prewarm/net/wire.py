@@ -148,8 +148,8 @@ class Target:
 
 @lru_cache(maxsize=16384)
 def target_of(url: str) -> Target:
-    """``Target(url)``, remembered: a fetcher sends each URL through each of its POPs, and parsing the URL
-    was the largest Python cost of a fetch after the exchange itself (a ``Target`` is never changed)."""
+    """``Target(url)``, remembered: a fetcher sends each URL through each of its POPs, and parsing a URL is a
+    large share of a cached fetch's Python cost (a ``Target`` is never changed)."""
     return Target(url)
 
 

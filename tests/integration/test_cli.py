@@ -191,3 +191,42 @@ def test_api_and_usage_errors_exit_2(service: PrewarmClient, cdn: Testbed) -> No
 
     proc = run_cli("submit", "--url", service.base_url, "--pops", "ATL56-C1", "--regions", "eu", cdn.url("/x"))
     assert proc.returncode == 2 and "only one of" in proc.stderr
+
+
+def test_prewarm_serve_prints_its_own_lines_and_names_rays_log_once(tmp_path: Path) -> None:
+    """``prewarm serve`` on a cluster of its own: the terminal shows the service's lines, no Ray JSON log lines,
+    no Serve INFO lines and no raylet notes at shutdown; Ray's lines are in the file the output names."""
+    import signal
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREWARM_")},
+           "PREWARM_STATE_DIR": str(tmp_path), "PREWARM_NAMESPACE": unique("quiet")}
+    proc = subprocess.Popen([sys.executable, "-m", "prewarm.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    terminal = out + err
+    assert f"prewarm service listening on http://127.0.0.1:{port}" in out and "shutting down" in out
+    for noise in ('"levelname"', "(raylet)", "INFO ", "Started a local Ray instance", "serve --"):
+        assert noise not in terminal, terminal
+    logs = list((tmp_path / "logs").glob("serve-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in out and terminal.count(str(logs[0])) == 1
+    assert "Started a local Ray instance" in logs[0].read_text()

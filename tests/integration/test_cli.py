@@ -205,19 +205,22 @@ def test_prewarm_serve_prints_its_own_lines_and_names_rays_log_once(tmp_path: Pa
            "PREWARM_STATE_DIR": str(tmp_path), "PREWARM_NAMESPACE": unique("quiet")}
     proc = subprocess.Popen([sys.executable, "-m", "prewarm.cli", "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
-            time.sleep(0.5)
+        while not any("Ctrl-C stops it" in line for line in lines):  # its signal handlers are in place then
+            assert proc.poll() is None and time.monotonic() < deadline, (lines, proc.stderr.read())  # type: ignore
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
+        reader.join(timeout=10)
+        out = "".join(lines)
+        err = proc.stderr.read()  # type: ignore[union-attr]
     finally:
         if proc.poll() is None:
             proc.kill()

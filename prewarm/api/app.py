@@ -19,8 +19,10 @@ from starlette.background import BackgroundTask
 
 from prewarm import __version__
 from prewarm.api.standby import Standby
+from prewarm.api.stateclient import StateClient
 from prewarm.aws.cloudfront import distribution_by_alias
 from prewarm.core.events import MAX_JOBS_LIMIT, check_limit, check_status, job_events, parse_since
+from prewarm.core.jobs import service_report_url
 from prewarm.engine.cluster import ON_HEAD, node_counts
 from prewarm.engine.coordinator import start_job
 from prewarm.engine.registry import kill_coordinator
@@ -45,8 +47,6 @@ from prewarm.schema import (
     utcnow,
 )
 from prewarm.settings import Settings
-
-STATE_CALL_TIMEOUT_S = 30.0
 
 api = FastAPI(
     title="cdn-prewarm",
@@ -155,10 +155,15 @@ def validate_prewarm(raw: Any, settings: Settings) -> PrewarmRequest:
 
 
 def summary_response(body: dict[str, Any], base_url: str, req_id: str) -> SummaryResponse:
-    """The state actor's summary as the API's answer: its S3 report link, or this service's own report URL."""
-    body = dict(body)
-    report = body.pop("report_url", None) or f"{base_url.rstrip('/')}/reports/{req_id}.csv"
-    return SummaryResponse(**body, failure_pop_urls_report=report)
+    """The state actor's summary as the API's answer; a job made without the service's address (not through
+    this API) gets this request's."""
+    if not body.get("failure_pop_urls_report"):
+        body = {**body, "failure_pop_urls_report": service_report_url(base_url, req_id)}
+    return SummaryResponse(**body)
+
+
+def no_job(req_id: str) -> RequestError:
+    return RequestError(f"field 'req_id': no job {req_id}", status_code=404)
 
 
 # Each open event stream holds one of the replica's ongoing requests for as long as its job runs, so the
@@ -178,7 +183,7 @@ class PrewarmIngress:
         self.settings = settings
         from prewarm.engine.state import ensure_state_actor  # this process creates it: the others only find it
 
-        self.state = ensure_state_actor(settings)
+        self.state = StateClient(ensure_state_actor(settings))
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout_s)
         self._streams = 0  # open GET /prewarm/events streams (at most MAX_EVENT_STREAMS)
         self.standby = Standby(settings) if settings.standby else None
@@ -186,10 +191,6 @@ class PrewarmIngress:
     def __del__(self) -> None:  # Serve calls this when it shuts the replica down
         if getattr(self, "standby", None) is not None:
             self.standby.close()
-
-    async def _state(self, method: str, *args: Any) -> Any:
-        ref = getattr(self.state, method).remote(*args)
-        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), STATE_CALL_TIMEOUT_S)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -222,7 +223,7 @@ class PrewarmIngress:
         now = utcnow()
         timeout_at = req.deadline(now)
         try:
-            await self._state("create_job", req_id, req.model_dump(), req.target_pops(), cf_domain, now,
+            await self.state.create_job(req_id, req.model_dump(), req.target_pops(), cf_domain, now,
                               timeout_at, str(request.base_url).rstrip("/"), selected)
         except BaseException:
             if coordinator is not None:  # it was started for this request id only
@@ -238,9 +239,7 @@ class PrewarmIngress:
             retry = RetryRequest.model_validate(raw)
         except ValidationError as exc:
             raise request_error(exc) from None
-        source = await self._state("retry_source", retry.retry_of)
-        if "error" in source:
-            raise RequestError(source["error"])
+        source = await self.state.retry_source(retry.retry_of)
         # The retry targets exactly the POPs that had failures, by code, whatever the original's target type.
         original = {**source["request"], "target_type": "pop", "pops": source["target_pops"], "countries": [],
                     "regions": [], "cf_domain": source["cf_domain"]}
@@ -252,17 +251,17 @@ class PrewarmIngress:
 
     @api.get("/prewarm", response_model=ProgressResponse, responses=_ERRORS)
     async def progress(self, req_id: str | None = None) -> ProgressResponse:
-        body = await self._state("progress", check_req_id(req_id))
+        body = await self.state.progress(check_req_id(req_id))
         if body is None:
-            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+            raise no_job(req_id)
         return ProgressResponse(**body)
 
     @api.get("/summary", response_model=SummaryResponse, responses=_ERRORS)
     async def summary(self, request: Request, req_id: str | None = None) -> SummaryResponse:
         req_id = check_req_id(req_id)
-        body = await self._state("summary", req_id)
+        body = await self.state.summary(req_id)
         if body is None:
-            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+            raise no_job(req_id)
         return summary_response(body, str(request.base_url), req_id)
 
     @api.get("/prewarm/events", response_class=StreamingResponse,
@@ -274,9 +273,9 @@ class PrewarmIngress:
     async def events(self, request: Request, req_id: str | None = None) -> StreamingResponse:
         """Stream a job's progress until it ends, so watchers need not poll; errors answer before streaming."""
         req_id = check_req_id(req_id)
-        first = await self._state("progress", req_id)
+        first = await self.state.progress(req_id)
         if first is None:
-            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+            raise no_job(req_id)
         if self._streams >= MAX_EVENT_STREAMS:
             raise RequestError(f"too many event streams open ({MAX_EVENT_STREAMS}); poll GET /prewarm instead",
                                status_code=503)
@@ -294,11 +293,11 @@ class PrewarmIngress:
                 self._streams -= 1
 
         async def progress() -> dict[str, Any] | None:
-            body = await self._state("progress", req_id)
+            body = await self.state.progress(req_id)
             return None if body is None else ProgressResponse(**body).model_dump()
 
         async def summary() -> dict[str, Any]:
-            return summary_response(await self._state("summary", req_id), base_url, req_id).model_dump()
+            return summary_response(await self.state.summary(req_id), base_url, req_id).model_dump()
 
         async def stream() -> Any:
             try:
@@ -322,7 +321,7 @@ class PrewarmIngress:
             chosen_status, chosen_limit, after = check_status(status), check_limit(limit), parse_since(since)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-        bodies = await self._state("list_jobs", chosen_status, chosen_limit, after)
+        bodies = await self.state.list_jobs(chosen_status, chosen_limit, after)
         jobs = [ProgressResponse(**b) for b in bodies]
         return JobsResponse(jobs=jobs, count=len(jobs), timestamp=fmt_time(utcnow()))
 
@@ -330,9 +329,9 @@ class PrewarmIngress:
     async def report(self, name: str) -> Response:
         """The failure report: one row per failed (URL, POP), with a header row."""
         req_id = check_req_id(name.removesuffix(".csv"))
-        csv = await self._state("report", req_id)
+        csv = await self.state.report(req_id)
         if csv is None:
-            raise RequestError(f"field 'req_id': no job {req_id}", status_code=404)
+            raise no_job(req_id)
         return Response(csv, media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{req_id}.csv"'})
 
@@ -350,19 +349,19 @@ class PrewarmIngress:
             raise request_error(exc) from None
         messages = []
         if body.force_stop and body.req_id:
-            if not await self._state("exists", body.req_id):
-                raise RequestError(f"field 'req_id': no job {body.req_id}", status_code=404)
-            status = await self._state("finish", body.req_id, "STOPPED", "stopped by force_stop")
+            if not await self.state.exists(body.req_id):
+                raise no_job(body.req_id)
+            status = await self.state.finish(body.req_id, "STOPPED", "stopped by force_stop")
             await asyncio.to_thread(kill_coordinator, body.req_id, self.settings.namespace)
             messages.append(f"job {body.req_id} is {status}")
         if body.DesiredCapacity is not None:
-            await self._state("set_desired_capacity", body.DesiredCapacity)  # it asks the autoscaler
+            await self.state.set_desired_capacity(body.DesiredCapacity)  # it asks the autoscaler
             messages.append(f"desired capacity set to {body.DesiredCapacity} fetcher node(s)")
         return InstancesResponse(status="success", timestamp=fmt_time(utcnow()), message="; ".join(messages))
 
     @api.get("/instances", response_model=InstancesQueryResponse)
     async def get_instances(self) -> InstancesQueryResponse:
-        desired = await self._state("get_desired_capacity")
+        desired = await self.state.desired_capacity()
         alive, fetchers = await asyncio.to_thread(node_counts)
         return InstancesQueryResponse(status="success", timestamp=fmt_time(utcnow()), message="query success",
                                       desiredcapacity=desired, alive_count=alive, fetcher_count=fetchers)

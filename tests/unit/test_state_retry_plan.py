@@ -1,5 +1,5 @@
-"""The state actor's class used directly (no Ray: every job here has ended or has no coordinator to ask
-about): a retry job's totals before and after its plan, a retry of a retry, and where its tasks are
+"""The state actor's class used directly (no Ray: reads ask no coordinator, and no watch loop runs): a retry
+job's totals before and after its plan, a retry of a retry, and where its tasks are
 stored."""
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ def test_total_count_before_the_plan_counts_variants_and_a_retry_selection() -> 
     state = State(Settings(persist=False))
     new_job(state, "two-variants", URLS, ["ATL56-C1", "DFW55-C3"], variants=2)
     assert state.jobs["two-variants"].table is None
-    state.jobs["two-variants"].status = "STOPPED"  # ended: progress asks no coordinator
     assert state.progress("two-variants")["total_count"] == 3 * 2 * 2
     new_job(state, "retry", URLS[:2], ["ATL56-C1", "DFW55-C3"], selected=[(0, "ATL56-C1", 0), (1, "DFW55-C3", 0)])
-    state.jobs["retry"].status = "STOPPED"
     assert state.progress("retry")["total_count"] == 2
 
 

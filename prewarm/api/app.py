@@ -224,7 +224,7 @@ class PrewarmIngress:
         timeout_at = req.deadline(now)
         try:
             await self.state.create_job(req_id, req.model_dump(), req.target_pops(), cf_domain, now,
-                              timeout_at, str(request.base_url).rstrip("/"), selected)
+                                        timeout_at, str(request.base_url).rstrip("/"), selected)
         except BaseException:
             if coordinator is not None:  # it was started for this request id only
                 ray.kill(coordinator, no_restart=True)

@@ -4,9 +4,8 @@ methods with signatures instead of naming actor methods in strings, and every ca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from ray.actor import ActorHandle
 from ray.exceptions import RayTaskError
@@ -14,7 +13,6 @@ from ray.exceptions import RayTaskError
 from prewarm.core.jobs import RetryRefused
 from prewarm.schema import RequestError
 
-T = TypeVar("T")
 STATE_CALL_TIMEOUT_S = 30.0  # the state actor answers in milliseconds; this long means it is restarting
 
 
@@ -24,8 +22,7 @@ class StateClient:
         self.timeout_s = timeout_s
 
     async def _call(self, ref: Any) -> Any:
-        result: Awaitable[Any] = asyncio.wrap_future(ref.future())
-        return await asyncio.wait_for(result, self.timeout_s)
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.timeout_s)
 
     async def create_job(self, req_id: str, request: dict[str, Any], target_pops: list[str], cf_domain: str,
                          created_at: datetime, timeout_at: datetime, api_base: str,
@@ -38,10 +35,9 @@ class StateClient:
         try:
             return await self._call(self.handle.retry_source.remote(req_id))
         except RayTaskError as exc:
-            cause = exc.cause if isinstance(exc.cause, RetryRefused) else None
-            if cause is None:
+            if not isinstance(exc.cause, RetryRefused):
                 raise
-            raise RequestError(str(cause)) from None
+            raise RequestError(str(exc.cause)) from None
 
     async def exists(self, req_id: str) -> bool:
         return bool(await self._call(self.handle.exists.remote(req_id)))

@@ -116,10 +116,11 @@ class State:
             except Exception:  # the loop must outlive a bug in one step
                 log.exception("the state actor's watch step failed")
 
-    @writes
     def watch_step(self, now: datetime | None = None) -> list[Overdue]:
-        """Act on what the job book finds overdue at ``now``: close, kill, or ask whether a coordinator lives."""
-        found = self.book.overdue(now or utcnow())
+        """Act on what the job book finds overdue at ``now``: close, kill, or ask whether a coordinator lives.
+        The Ray lookups run outside the lock, so result batches are not held behind them."""
+        with self._lock:
+            found = self.book.overdue(now or utcnow())
         for item in found:
             if item.rule is Watch.QUIET and coordinator_alive(item.req_id, self.namespace):
                 continue
